@@ -1,0 +1,35 @@
+# Everything runs from a local virtual environment that these targets create.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+OUT ?= runs/demo
+
+.PHONY: install demo test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# torch is pinned first: an unpinned torch pulls a multi-GB CUDA build. On a GPU
+# machine install the CUDA build you want before `pip install -e .`.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev,corpus]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/speech-enhance demo --out $(OUT)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+
+bench: install
+	$(BIN)/python bench/build_throughput.py
+
+clean:
+	rm -rf $(VENV) runs corpus data .pytest_cache

@@ -1,0 +1,175 @@
+"""Pure DSP for the dataset: mixing at an exact SNR, STFT features, patching.
+
+No Ray and no file I/O here, so every function is testable on arrays alone and the
+build, the benchmark's single-process loop and re-rendering from the manifest all call
+the very same code.
+
+SNR definition (used everywhere in the project):
+    SNR_dB = 10 * log10( sum(clean**2) / sum(noise_added**2) )
+over the whole utterance, where ``noise_added`` is the scaled noise segment actually
+added to the clean signal (same length as the utterance). ``noisy = clean + noise_added``
+exactly, and the joint output gain multiplies all three, so it leaves the SNR unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+SAMPLE_RATE = 16_000
+N_FFT = 512
+HOP = 128
+N_BINS = N_FFT // 2 + 1  # 257
+PATCH_FRAMES = 64
+# The shortest signal that still gives one full patch: 1 + n // HOP >= PATCH_FRAMES.
+MIN_PATCH_SAMPLES = (PATCH_FRAMES - 1) * HOP
+# Looped noise is joined with a linear crossfade this long (20 ms) to avoid clicks.
+LOOP_CROSSFADE = 320
+# Peak ceiling for the joint gain: no sample of clean, noise or noisy exceeds it.
+PEAK_CEILING = 0.99
+# Range of the noisy RMS level drawn per mixture (dBFS), before the peak ceiling.
+LEVEL_RANGE_DB = (-35.0, -15.0)
+
+
+def power(x: np.ndarray) -> float:
+    """Mean power of a signal, accumulated in float64."""
+    return float(np.mean(np.square(x, dtype=np.float64)))
+
+
+def snr_db(clean: np.ndarray, noise: np.ndarray) -> float:
+    """SNR of ``clean`` over ``noise`` in dB (the project's definition, see module doc)."""
+    return 10.0 * np.log10(power(clean) / power(noise))
+
+
+def fit_noise(noise: np.ndarray, length: int, offset: int) -> np.ndarray:
+    """Return ``length`` samples of ``noise`` starting at ``offset``.
+
+    Noise at least as long as the utterance is cut at ``offset`` (which must leave room:
+    ``0 <= offset <= len(noise) - length``). Shorter noise is looped, each repeat joined
+    to the previous one with a ``LOOP_CROSSFADE``-sample linear crossfade, and the loop
+    is read from ``offset`` (``0 <= offset < len(noise)``).
+    """
+    n = len(noise)
+    if n >= length:
+        if not 0 <= offset <= n - length:
+            raise ValueError(f"offset {offset} outside [0, {n - length}]")
+        return noise[offset : offset + length]
+    if not 0 <= offset < n:
+        raise ValueError(f"offset {offset} outside [0, {n})")
+    fade = min(LOOP_CROSSFADE, n // 2)
+    ramp = np.linspace(0.0, 1.0, fade, endpoint=False, dtype=np.float32) if fade else None
+    looped = noise.astype(np.float32, copy=True)
+    while len(looped) < offset + length:
+        if fade:
+            head = noise[:fade] * ramp + looped[-fade:] * (1.0 - ramp)
+            looped = np.concatenate([looped[:-fade], head, noise[fade:]])
+        else:
+            looped = np.concatenate([looped, noise])
+    return looped[offset : offset + length]
+
+
+def noise_offset_range(noise_len: int, clean_len: int) -> int:
+    """Number of valid offsets for :func:`fit_noise` (offsets are ``0 .. result-1``)."""
+    return noise_len - clean_len + 1 if noise_len >= clean_len else noise_len
+
+
+def scale_noise_to_snr(clean: np.ndarray, noise: np.ndarray, target_snr_db: float) -> np.ndarray:
+    """Scale ``noise`` so that ``snr_db(clean, result) == target_snr_db``."""
+    noise_power = power(noise)
+    if noise_power <= 0.0:
+        raise ValueError("noise segment is silent: cannot reach any SNR")
+    scale = np.sqrt(power(clean) / (noise_power * 10.0 ** (target_snr_db / 10.0)))
+    return (noise.astype(np.float64) * scale).astype(np.float32)
+
+
+def joint_gain(level_db: float, *signals: np.ndarray) -> float:
+    """Gain that brings the first signal's RMS to ``level_db`` dBFS without any of
+    ``signals`` exceeding ``PEAK_CEILING``."""
+    rms = np.sqrt(power(signals[0]))
+    peak = max(float(np.max(np.abs(s))) for s in signals)
+    gain = 10.0 ** (level_db / 20.0) / max(rms, 1e-12)
+    return float(min(gain, PEAK_CEILING / max(peak, 1e-12)))
+
+
+@dataclass(frozen=True)
+class Mixture:
+    clean: np.ndarray  # float32, after the joint gain
+    noise: np.ndarray  # the noise actually added, after the joint gain
+    noisy: np.ndarray  # clean + noise
+    gain: float
+    measured_snr_db: float
+
+
+def render_mixture(
+    clean: np.ndarray, noise: np.ndarray, snr: float, noise_offset: int, level_db: float
+) -> Mixture:
+    """Mix ``clean`` with ``noise`` at ``snr`` dB. Deterministic in its arguments alone,
+    so a manifest row (offset, level) re-renders the mixture exactly."""
+    segment = fit_noise(noise, len(clean), noise_offset)
+    noise_added = scale_noise_to_snr(clean, segment, snr)
+    gain = joint_gain(level_db, clean + noise_added, clean, noise_added)
+    clean_g = (clean * gain).astype(np.float32)
+    noise_g = (noise_added * gain).astype(np.float32)
+    # noisy is defined as the float32 sum, so clean + noise == noisy holds bit for bit.
+    noisy_g = clean_g + noise_g
+    return Mixture(clean_g, noise_g, noisy_g, gain, snr_db(clean_g, noise_g))
+
+
+def _window() -> torch.Tensor:
+    return torch.hann_window(N_FFT, periodic=True, dtype=torch.float32)
+
+
+def stft(x: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Complex STFT (n_fft 512, hop 128, periodic Hann, centred with reflect padding).
+
+    ``x``: [..., samples] → [..., 257, 1 + samples // 128]."""
+    t = torch.as_tensor(x, dtype=torch.float32)
+    return torch.stft(
+        t, N_FFT, HOP, window=_window().to(t.device), center=True, pad_mode="reflect",
+        return_complex=True,
+    )
+
+
+def istft(spec: torch.Tensor, length: int) -> torch.Tensor:
+    """Inverse of :func:`stft`: [..., 257, frames] → [..., length]."""
+    return torch.istft(spec, N_FFT, HOP, window=_window().to(spec.device), center=True, length=length)
+
+
+def magphase(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Magnitude and phase (radians) of the STFT of ``x``, float32 [257, frames]."""
+    spec = stft(x)
+    return spec.abs().numpy(), spec.angle().numpy()
+
+
+def n_frames(n_samples: int) -> int:
+    return 1 + n_samples // HOP
+
+
+def n_patches(n_samples: int) -> int:
+    """Full 64-frame patches in a signal; the last partial patch is dropped."""
+    return n_frames(n_samples) // PATCH_FRAMES
+
+
+def cut_patches(spec: np.ndarray) -> np.ndarray:
+    """[F, T] → [T // 64, F, 64]: consecutive non-overlapping patches along time.
+
+    The trailing frames that do not fill a whole patch (at most 63 frames, < 0.51 s)
+    are dropped: zero-padding them would teach the model silence that never occurs."""
+    count = spec.shape[-1] // PATCH_FRAMES
+    trimmed = spec[:, : count * PATCH_FRAMES]
+    return np.ascontiguousarray(
+        trimmed.reshape(spec.shape[0], count, PATCH_FRAMES).transpose(1, 0, 2)
+    )
+
+
+def mixture_patches(mix: Mixture) -> dict[str, np.ndarray]:
+    """Patch tensors of one mixture: noisy magnitude and phase, clean magnitude."""
+    noisy_mag, noisy_phase = magphase(mix.noisy)
+    clean_mag = stft(mix.clean).abs().numpy()
+    return {
+        "noisy_mag": cut_patches(noisy_mag),
+        "clean_mag": cut_patches(clean_mag),
+        "noisy_phase": cut_patches(noisy_phase),
+    }

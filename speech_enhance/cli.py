@@ -1,0 +1,110 @@
+"""`speech-enhance` command line: a thin layer over pipeline/, model/ and tune/."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _fractions(values: list[float]) -> tuple[float, float, float]:
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError("--split takes three numbers: train val test")
+    return (values[0], values[1], values[2])
+
+
+def _noises_per_clean(value: str) -> int | None:
+    if value == "all":
+        return None
+    k = int(value)
+    if k < 1:
+        raise argparse.ArgumentTypeError("--noises-per-clean must be 'all' or a positive integer")
+    return k
+
+
+def _add_address(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster to attach to: 'auto' or HOST:PORT (default: RAY_ADDRESS, else a local Ray)",
+    )
+
+
+def cmd_corpus(args: argparse.Namespace) -> int:
+    from pipeline.corpus import make_corpus
+
+    counts = make_corpus(args.out_dir, seed=args.seed)
+    print(
+        f"wrote {counts['speech_files']} utterances by {counts['speakers']} speakers to {args.out_dir}/speech "
+        f"and {counts['noise_files']} noise files of {counts['noise_types']} types to {args.out_dir}/noise"
+    )
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from pipeline.build import BuildConfig, build_dataset
+    from speech_enhance.raysetup import init_ray
+
+    cfg = BuildConfig(
+        clean_dir=args.clean,
+        noise_dir=args.noise,
+        out_dir=args.out,
+        snrs=args.snr,
+        split=_fractions(args.split),
+        seed=args.seed,
+        noises_per_clean=args.noises_per_clean,
+        rows_per_file=args.rows_per_file,
+        dtype=args.dtype,
+        split_noise=not args.no_split_noise,
+        speaker_regex=args.speaker_regex,
+    )
+    if args.address:
+        init_ray(args.address)
+    build_dataset(cfg, overwrite=args.overwrite)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="speech-enhance",
+        description="Noisy-speech datasets, mask-CNN training, evaluation and tuning on Ray.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("corpus", help="write the embedded default corpus (synthetic speech + noise)")
+    p.add_argument("out_dir", help="folder to create speech/ and noise/ in")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_corpus)
+
+    p = sub.add_parser("build", help="render every clean x noise x SNR mixture into Parquet patches")
+    p.add_argument("--clean", required=True, help="folder of clean speech, one sub-folder per speaker")
+    p.add_argument("--noise", required=True, help="folder of noise recordings (searched recursively)")
+    p.add_argument("--out", required=True, help="dataset folder to write")
+    p.add_argument("--snr", type=float, nargs="+", default=[10.0, 5.0, 0.0, -5.0], help="SNRs in dB")
+    p.add_argument("--split", type=float, nargs=3, default=[0.8, 0.1, 0.1], metavar=("TRAIN", "VAL", "TEST"),
+                   help="fractions of speakers (and noise files) per split")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--noises-per-clean", type=_noises_per_clean, default=None, metavar="all|K",
+                   help="noise files mixed with each utterance: all of the split's (default) or K sampled")
+    p.add_argument("--no-split-noise", action="store_true", help="share noise files between the splits")
+    p.add_argument("--speaker-regex", default=None,
+                   help="regex on the path relative to --clean whose first group is the speaker "
+                        "(default: the parent folder name)")
+    p.add_argument("--rows-per-file", type=int, default=None, help="patch rows per Parquet file (default ~128 MiB)")
+    p.add_argument("--dtype", choices=["float32", "float16"], default="float32")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing or unfinished dataset")
+    _add_address(p)
+    p.set_defaults(func=cmd_build)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (RuntimeError, FileNotFoundError, ValueError) as err:
+        print(f"speech-enhance {args.command}: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

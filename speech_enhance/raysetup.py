@@ -1,0 +1,26 @@
+"""Connecting to Ray: a local instance by default, or an existing cluster."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import ray
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Start or attach to Ray once per process.
+
+    ``address`` ("auto" or "HOST:PORT") or the ``RAY_ADDRESS`` environment variable
+    attaches to a running cluster (``ray start``/``ray up``); otherwise a local Ray is
+    started with this machine's CPUs (or ``num_cpus``). Token authentication stays at
+    Ray's default (on); a local instance creates its own token."""
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
+    # Quieter Ray Data logs; progress bars stay on.
+    ray.data.DataContext.get_current().enable_progress_bars = True
