@@ -1,0 +1,133 @@
+"""End-to-end dataset builds on a tiny corpus with the shared local Ray."""
+
+import json
+import shutil
+
+import numpy as np
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+import soundfile as sf
+
+from pipeline import build, dsp
+from speech_enhance.cli import main
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def _build(clean, noise, out, **kw):
+    cfg = build.BuildConfig(str(clean), str(noise), str(out), snrs=[5.0, -5.0], **kw)
+    return build.build_dataset(cfg)
+
+
+def _patches(out, split):
+    table = pads.dataset(str(out / split), format="parquet").to_table().sort_by(
+        [("mixture_id", "ascending"), ("patch_index", "ascending")]
+    )
+    return table
+
+
+@pytest.fixture(scope="module")
+def built(ray_session, tiny_corpus, tmp_path_factory):
+    clean, noise = tiny_corpus
+    out = tmp_path_factory.mktemp("data") / "ds"
+    info = _build(clean, noise, out)
+    return out, info
+
+
+def test_layout_counts_and_no_speaker_leakage(built):
+    out, info = built
+    assert info["complete"] and json.loads((out / "dataset.json").read_text())["complete"]
+    manifest = pq.read_table(out / "manifest.parquet").to_pandas()
+    expected_cols = {"mixture_id", "split", "clean_path", "speaker", "noise_path", "snr_db", "measured_snr_db",
+                     "noise_offset", "gain", "seed", "n_patches"}
+    assert expected_cols <= set(manifest.columns)
+    for split in ("train", "val", "test"):
+        table = _patches(out, split)
+        assert table.num_rows == manifest[manifest.split == split].n_patches.sum() == info["splits"][split]["patches"]
+        row = table.slice(0, 1).to_pylist()[0]
+        assert np.asarray(row["noisy_mag"]).shape == (257, 64)
+    speakers = manifest.groupby("speaker").split.nunique()
+    assert (speakers == 1).all()
+    noises = manifest.groupby("noise_path").split.nunique()
+    assert (noises == 1).all()
+    assert (abs(manifest.measured_snr_db - manifest.snr_db) < 0.1).all()
+
+
+def test_manifest_re_renders_stored_tensors_exactly(built):
+    out, _ = built
+    row = build.load_manifest(out)[-1]
+    mix = build.render_row(row)
+    assert abs(mix.gain - row["gain"]) < 1e-6 * row["gain"]
+    table = _patches(out, row["split"])
+    ids = table["mixture_id"].to_numpy()
+    stored = table.filter(ids == row["mixture_id"])
+    expected = dsp.mixture_patches(mix)
+    got = np.stack(stored["noisy_mag"].to_numpy(zero_copy_only=False))
+    np.testing.assert_array_equal(got.reshape(expected["noisy_mag"].shape), expected["noisy_mag"])
+
+
+def test_rerun_is_noop_and_other_config_is_refused(built, tiny_corpus, capsys):
+    out, info = built
+    clean, noise = tiny_corpus
+    again = _build(clean, noise, out)
+    assert again["started"] == info["started"]
+    assert "nothing to do" in capsys.readouterr().out
+    with pytest.raises(build.BuildError, match="different config"):
+        _build(clean, noise, out, seed=1)
+
+
+def test_same_seed_gives_identical_manifest_and_tensors(built, tiny_corpus, tmp_path):
+    out, _ = built
+    clean, noise = tiny_corpus
+    other = tmp_path / "again"
+    _build(clean, noise, other, rows_per_file=7)  # different file sizes, same content
+    a = pq.read_table(out / "manifest.parquet").drop_columns(["clean_path", "noise_path"])
+    b = pq.read_table(other / "manifest.parquet").drop_columns(["clean_path", "noise_path"])
+    assert a.equals(b)
+    for split in ("train", "val", "test"):
+        assert _patches(out, split).equals(_patches(other, split))
+    assert len(list((other / "train").glob("*.parquet"))) > 1
+
+
+def test_bad_inputs_are_skipped_with_reasons(ray_session, tiny_corpus, tmp_path):
+    clean, noise = tiny_corpus
+    work = tmp_path / "in"
+    shutil.copytree(clean, work / "speech")
+    bad = work / "speech" / "spk0"
+    (bad / "corrupt.wav").write_bytes(b"RIFF....WAVEfmt garbage")
+    sf.write(bad / "empty.wav", np.zeros(0, np.float32), 16000)
+    sf.write(bad / "silent.wav", np.zeros(30000, np.float32), 16000)
+    sf.write(bad / "short.wav", 0.1 * np.ones(4000, np.float32), 16000)
+    info = _build(work / "speech", noise, tmp_path / "out")
+    reasons = {s["path"].rsplit("/", 1)[-1]: s["reason"] for s in info["skipped"]}
+    assert set(reasons) == {"corrupt.wav", "empty.wav", "silent.wav", "short.wav"}
+    assert "unreadable" in reasons["corrupt.wav"] and "silent" in reasons["silent.wav"]
+    assert "too short" in reasons["short.wav"]
+
+
+def test_nothing_usable_exits_nonzero_with_reason(ray_session, tiny_corpus, tmp_path, capsys):
+    _, noise = tiny_corpus
+    (tmp_path / "speech" / "a").mkdir(parents=True)
+    sf.write(tmp_path / "speech" / "a" / "silent.wav", np.zeros(30000, np.float32), 16000)
+    code = main(["build", "--clean", str(tmp_path / "speech"), "--noise", str(noise), "--out", str(tmp_path / "o")])
+    assert code == 1
+    assert "no usable clean speech" in capsys.readouterr().err
+
+
+def test_eval_only_float16_build_via_cli(ray_session, tiny_corpus, tmp_path):
+    clean, noise = tiny_corpus
+    out = tmp_path / "eval"
+    args = ["build", "--clean", str(clean), "--noise", str(noise), "--out", str(out), "--snr", "0",
+            "--split", "0", "0", "1", "--dtype", "float16", "--noises-per-clean", "1"]
+    assert main(args) == 0
+    info = json.loads((out / "dataset.json").read_text())
+    assert info["splits"]["train"]["patches"] == 0 and info["splits"]["test"]["patches"] > 0
+    assert not (out / "train").exists()
+    table = _patches(out, "test")
+    assert np.asarray(table.slice(0, 1).to_pylist()[0]["clean_mag"]).dtype == np.float16
+    # an unfinished dataset is refused, and --overwrite replaces it
+    info["complete"] = False
+    (out / "dataset.json").write_text(json.dumps(info))
+    assert main(args) == 1
+    assert main([*args, "--overwrite"]) == 0

@@ -1,0 +1,88 @@
+import numpy as np
+import pytest
+import torch
+
+from pipeline import dsp
+
+
+def _signals(seed=0, n=20_000):
+    rng = np.random.default_rng(seed)
+    t = np.arange(n) / dsp.SAMPLE_RATE
+    clean = (0.3 * np.sin(2 * np.pi * 220 * t) * np.hanning(n)).astype(np.float32)
+    noise = (0.2 * rng.standard_normal(3 * n)).astype(np.float32)
+    return clean, noise
+
+
+@pytest.mark.parametrize("snr", [20.0, 10.0, 5.0, 0.0, -5.0, -10.0])
+def test_mixture_hits_snr_and_sums_exactly(snr):
+    clean, noise = _signals()
+    for level in (-35.0, -15.0, 10.0):  # 10 dBFS forces the peak ceiling
+        mix = dsp.render_mixture(clean, noise, snr, noise_offset=1234, level_db=level)
+        assert np.array_equal(mix.clean + mix.noise, mix.noisy)
+        assert abs(dsp.snr_db(mix.clean, mix.noise) - snr) < 0.1
+        assert abs(mix.measured_snr_db - snr) < 0.1
+        for x in (mix.clean, mix.noise, mix.noisy):
+            assert np.max(np.abs(x)) <= dsp.PEAK_CEILING + 1e-6
+
+
+def test_joint_gain_scales_all_three_consistently():
+    clean, noise = _signals()
+    mix = dsp.render_mixture(clean, noise, 5.0, 0, -25.0)
+    # the clean target is exactly the input clean times the reported gain
+    np.testing.assert_allclose(mix.clean, clean * mix.gain, rtol=1e-6, atol=1e-9)
+    rms_db = 10 * np.log10(dsp.power(mix.noisy))
+    assert abs(rms_db - -25.0) < 0.01
+
+
+def test_render_is_deterministic_in_its_arguments():
+    clean, noise = _signals()
+    a = dsp.render_mixture(clean, noise, 0.0, 77, -20.0)
+    b = dsp.render_mixture(clean.copy(), noise.copy(), 0.0, 77, -20.0)
+    assert np.array_equal(a.noisy, b.noisy)
+
+
+def test_fit_noise_cuts_long_noise_at_offset():
+    noise = np.arange(100, dtype=np.float32)
+    np.testing.assert_array_equal(dsp.fit_noise(noise, 10, 90), noise[90:100])
+    with pytest.raises(ValueError):
+        dsp.fit_noise(noise, 10, 91)
+
+
+def test_fit_noise_loops_short_noise_with_crossfade():
+    n = 1000
+    noise = np.ones(n, dtype=np.float32)
+    out = dsp.fit_noise(noise, 5000, 500)
+    assert len(out) == 5000
+    # a constant signal crossfaded with itself stays constant: no gaps or clicks
+    np.testing.assert_allclose(out, 1.0, atol=1e-6)
+    ramp = np.sin(np.linspace(0, 40 * np.pi, n)).astype(np.float32)
+    looped = dsp.fit_noise(ramp, 3 * n, 0)
+    assert np.max(np.abs(np.diff(looped))) < 2 * np.max(np.abs(np.diff(ramp))) + 1e-3
+
+
+def test_stft_shapes_and_roundtrip_snr_above_60db():
+    clean, noise = _signals(n=16_000)
+    x = clean + 0.1 * noise[:16_000]
+    mag, phase = dsp.magphase(x)
+    assert mag.shape == (dsp.N_BINS, dsp.n_frames(len(x))) == (257, 126)
+    spec = torch.polar(torch.from_numpy(mag), torch.from_numpy(phase))
+    y = dsp.istft(spec, len(x)).numpy()
+    assert dsp.snr_db(x, x - y) > 60.0
+
+
+def test_cut_patches_drops_partial_tail_and_keeps_order():
+    spec = np.arange(257 * 150, dtype=np.float32).reshape(257, 150)
+    patches = dsp.cut_patches(spec)
+    assert patches.shape == (2, 257, 64)
+    np.testing.assert_array_equal(patches[1], spec[:, 64:128])
+    assert dsp.n_patches(dsp.MIN_PATCH_SAMPLES) == 1
+    assert dsp.n_patches(dsp.MIN_PATCH_SAMPLES - 1) == 0
+
+
+def test_mixture_patch_count_matches_plan():
+    clean, noise = _signals(n=30_000)
+    mix = dsp.render_mixture(clean, noise, 0.0, 5, -20.0)
+    patches = dsp.mixture_patches(mix)
+    assert {k: v.shape for k, v in patches.items()} == {
+        k: (dsp.n_patches(30_000), 257, 64) for k in ("noisy_mag", "clean_mag", "noisy_phase")
+    }
