@@ -71,6 +71,8 @@ def load_audio(path: str | os.PathLike, min_samples: int = 0) -> np.ndarray:
     Channels are averaged. Rejected: unreadable/corrupt files, empty files, non-finite
     samples, silent files (peak < -80 dBFS), and files shorter than ``min_samples``
     after resampling."""
+    if os.path.getsize(path) == 0:
+        raise AudioError(path, "empty file (0 bytes)")
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as exc:  # soundfile raises several types for corrupt input

@@ -22,17 +22,25 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from pipeline import audio, dsp
+from pipeline import audio, dsp, store
 from pipeline.plan import SPLITS, MixturePlan, SourceFile, as_rows, plan_mixtures
 
 FORMAT_VERSION = 1
-PATCH_TENSORS = ("noisy_mag", "clean_mag", "noisy_phase")
+PATCH_TENSORS = store.TENSOR_COLUMNS
 # The scalar columns every patch row carries besides the three tensors.
-PATCH_SCALARS = ("mixture_id", "patch_index", "snr_db", "gain", "measured_snr_db")
+PATCH_SCALARS = ("mixture_id", "patch_index", "snr_db")
+# Patch rows per Parquet row group (~12 MiB at float32): small enough to write as we go.
+ROW_GROUP_ROWS = 64
 DEFAULT_FILE_BYTES = 128 * 2**20
+# Spectra do not compress (LZ4 measured 100.4% of raw) and dictionary-encoding floats
+# only costs CPU; statistics are kept for the scalar columns that readers filter on.
+PARQUET_ARGS = {
+    "compression": "none",
+    "use_dictionary": False,
+    "write_statistics": ["mixture_id", "patch_index", "snr_db"],
+}
 
 
 class BuildError(RuntimeError):
@@ -120,22 +128,68 @@ def render_row(row: dict) -> dsp.Mixture:
     )
 
 
-def render_patch_batch(batch: dict[str, np.ndarray], dtype: str = "float32") -> dict[str, np.ndarray]:
-    """Ray Data ``map_batches`` UDF: a batch of manifest rows → a batch of patch rows."""
-    columns: dict[str, list] = {name: [] for name in PATCH_SCALARS + PATCH_TENSORS}
-    for i in range(len(batch["mixture_id"])):
-        row = {key: batch[key][i] for key in batch}
-        mix = render_row(row)
-        patches = dsp.mixture_patches(mix)
-        count = len(patches["noisy_mag"])
-        columns["mixture_id"].append(np.full(count, row["mixture_id"], dtype=np.int64))
-        columns["patch_index"].append(np.arange(count, dtype=np.int32))
-        columns["snr_db"].append(np.full(count, row["snr_db"], dtype=np.float32))
-        columns["gain"].append(np.full(count, mix.gain, dtype=np.float32))
-        columns["measured_snr_db"].append(np.full(count, mix.measured_snr_db, dtype=np.float32))
-        for name in PATCH_TENSORS:
-            columns[name].append(patches[name].astype(dtype, copy=False))
-    return {name: np.concatenate(parts) for name, parts in columns.items()}
+def mixture_patch_columns(row: dict, dtype: str) -> tuple[dict[str, np.ndarray], dsp.Mixture]:
+    """Render one manifest row into its patch rows (columnar numpy)."""
+    mix = render_row(row)
+    patches = dsp.mixture_patches(mix)
+    count = len(patches["noisy_mag"])
+    columns = {
+        "mixture_id": np.full(count, row["mixture_id"], dtype=np.int64),
+        "patch_index": np.arange(count, dtype=np.int32),
+        "snr_db": np.full(count, row["snr_db"], dtype=np.float32),
+    }
+    columns.update({name: patches[name].astype(dtype, copy=False) for name in PATCH_TENSORS})
+    return columns, mix
+
+
+def write_patch_file(rows: list[dict], path: str | os.PathLike, dtype: str = "float32") -> list[dict]:
+    """Render ``rows`` (manifest rows) and write all their patches to one Parquet file.
+
+    Mixtures are rendered and written one row group at a time, so memory stays at a
+    few mixtures whatever the file size. The file appears under its final name only
+    when complete (temp file, then rename), and its name comes from the manifest, so a
+    retried task replaces it instead of duplicating rows. Returns, per mixture, what
+    the manifest needs from the worker: gain, measured SNR and patch count."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    results, pending, pending_rows, writer = [], [], 0, None
+    try:
+        for row in rows:
+            columns, mix = mixture_patch_columns(row, dtype)
+            count = len(columns["mixture_id"])
+            results.append({"mixture_id": int(row["mixture_id"]), "gain": mix.gain,
+                            "measured_snr_db": mix.measured_snr_db, "n_patches": count})
+            pending.append(columns)
+            pending_rows += count
+            if pending_rows >= ROW_GROUP_ROWS:
+                writer = _flush(writer, tmp, pending)
+                pending, pending_rows = [], 0
+        if pending:
+            writer = _flush(writer, tmp, pending)
+        writer.close()
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return results
+
+
+def _flush(writer: pq.ParquetWriter | None, tmp: Path, pending: list[dict]) -> pq.ParquetWriter:
+    """Write the pending mixtures as one row group, opening the file on first use."""
+    table = store.to_arrow({k: np.concatenate([p[k] for p in pending]) for k in pending[0]})
+    if writer is None:
+        writer = pq.ParquetWriter(tmp, table.schema, **PARQUET_ARGS)
+    writer.write_table(table)
+    return writer
+
+
+def patch_file_name(first_mixture_id: int) -> str:
+    return f"part-{first_mixture_id:08d}.parquet"
+
+
+def _write_job(job: dict, dtype: str) -> list[dict]:
+    """Ray Data UDF: one file job (a path and its manifest rows) → per-mixture results."""
+    return write_patch_file(job["mixtures"], job["path"], dtype)
 
 
 def probe_file(row: dict) -> dict:
@@ -170,9 +224,8 @@ def _existing_state(out: Path, config: dict, overwrite: bool) -> str:
     return "fresh"
 
 
-def _probe_inputs(cfg: BuildConfig) -> tuple[list[SourceFile], list[SourceFile], list[dict]]:
-    import ray
-
+def list_inputs(cfg: BuildConfig) -> tuple[list[dict], list[dict]]:
+    """Discover the input files: (items to probe, files already skipped)."""
     clean_root, noise_root = Path(cfg.clean_dir), Path(cfg.noise_dir)
     items, skipped = [], []
     for kind, root in (("clean", clean_root), ("noise", noise_root)):
@@ -189,7 +242,13 @@ def _probe_inputs(cfg: BuildConfig) -> tuple[list[SourceFile], list[SourceFile],
             else:
                 group = path.parent.name if path.parent != noise_root else path.stem
             items.append({"path": str(path.resolve()), "kind": kind, "group": group})
-    probed = ray.data.from_items(items, override_num_blocks=min(len(items), 64)).map(probe_file).take_all()
+    return items, skipped
+
+
+def sort_probed(
+    cfg: BuildConfig, probed: list[dict], skipped: list[dict]
+) -> tuple[list[SourceFile], list[SourceFile], list[dict]]:
+    """Split probe results into usable clean and noise files and skipped ones."""
     clean, noise = [], []
     for row in sorted(probed, key=lambda r: r["path"]):
         if row["reason"]:
@@ -197,10 +256,18 @@ def _probe_inputs(cfg: BuildConfig) -> tuple[list[SourceFile], list[SourceFile],
             continue
         (clean if row["kind"] == "clean" else noise).append(SourceFile(row["path"], row["group"], row["n_samples"]))
     if not clean:
-        raise BuildError(f"{clean_root}: no usable clean speech ({len(skipped)} files skipped: {_reasons(skipped)})")
+        raise BuildError(f"{cfg.clean_dir}: no usable clean speech ({len(skipped)} files skipped: {_reasons(skipped)})")
     if not noise:
-        raise BuildError(f"{noise_root}: no usable noise ({len(skipped)} files skipped: {_reasons(skipped)})")
+        raise BuildError(f"{cfg.noise_dir}: no usable noise ({len(skipped)} files skipped: {_reasons(skipped)})")
     return clean, noise, skipped
+
+
+def _probe_inputs(cfg: BuildConfig) -> tuple[list[SourceFile], list[SourceFile], list[dict]]:
+    import ray
+
+    items, skipped = list_inputs(cfg)
+    probed = ray.data.from_items(items, override_num_blocks=min(len(items), 64)).map(probe_file).take_all()
+    return sort_probed(cfg, probed, skipped)
 
 
 def _reasons(skipped: list[dict]) -> str:
@@ -222,36 +289,35 @@ def _versions() -> dict:
     }
 
 
-def _write_split(rows: list[dict], dest: Path, cfg: dict, batch_mixtures: int) -> None:
+def file_jobs(rows: list[dict], out: Path, rows_per_file: int) -> list[dict]:
+    """Group each split's mixtures into files of about ``rows_per_file`` patch rows."""
+    jobs = []
+    for split in SPLITS:
+        split_rows = [r for r in rows if r["split"] == split]
+        if not split_rows:
+            continue
+        mean_patches = sum(r["n_patches"] for r in split_rows) / len(split_rows)
+        per_file = max(1, round(rows_per_file / mean_patches))
+        for start in range(0, len(split_rows), per_file):
+            chunk = split_rows[start : start + per_file]
+            jobs.append({"path": str(out / split / patch_file_name(chunk[0]["mixture_id"])), "mixtures": chunk})
+    return jobs
+
+
+def _write_files(jobs: list[dict], dtype: str) -> list[dict]:
+    """Fan the file jobs of every split out over Ray in one dataset.
+
+    Writing inside the worker (rather than ``Dataset.write_parquet``) keeps the patch
+    tensors out of Ray's object store, so memory does not grow with the dataset, and
+    makes every file's name a function of the manifest, so a retried task replaces
+    its file instead of duplicating rows (BENCHMARKS.md has the measurements)."""
     import ray
 
-    ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows) // batch_mixtures))
-    ds = ds.map_batches(
-        render_patch_batch,
-        batch_size=batch_mixtures,
-        batch_format="numpy",
-        fn_kwargs={"dtype": cfg["dtype"]},
-        udf_modifying_row_count=True,
-    )
-    ds.write_parquet(
-        str(dest),
-        min_rows_per_file=cfg["rows_per_file"],
-        max_rows_per_file=cfg["rows_per_file"],
-        # Spectra do not compress (LZ4 measured 100.4% of raw) and dictionary-encoding
-        # floats only costs CPU.
-        compression="none",
-        use_dictionary=False,
-        write_statistics=["mixture_id", "patch_index", "snr_db"],
-    )
+    ds = ray.data.from_items(jobs, override_num_blocks=len(jobs))
+    return ds.flat_map(_write_job, fn_kwargs={"dtype": dtype}).take_all()
 
 
-def _read_back(out: Path, split: str) -> pa.Table:
-    """The scalar columns of a written split (cheap: no tensor column is read)."""
-    dataset = pads.dataset(str(out / split), format="parquet")
-    return dataset.to_table(columns=["mixture_id", "patch_index", "gain", "measured_snr_db"])
-
-
-def build_dataset(cfg: BuildConfig, overwrite: bool = False, batch_mixtures: int = 4, log=print) -> dict:  # noqa: ANN001
+def build_dataset(cfg: BuildConfig, overwrite: bool = False, log=print) -> dict:  # noqa: ANN001
     """Run the whole build; returns the dataset.json contents."""
     import ray
 
@@ -291,10 +357,8 @@ def build_dataset(cfg: BuildConfig, overwrite: bool = False, batch_mixtures: int
         "warnings": warnings,
     }
     write_json_atomic(out / "dataset.json", info)
-    for split in SPLITS:
-        if per_split[split]:
-            _write_split(as_rows(per_split[split]), out / split, config, batch_mixtures)
-    manifest, splits = _finish_manifest(out, mixtures)
+    results = _write_files(file_jobs(as_rows(mixtures), out, config["rows_per_file"]), config["dtype"])
+    manifest, splits = _finish_manifest(out, mixtures, results)
     seconds = time.time() - started
     audio_seconds = sum(m.n_samples for m in mixtures) / dsp.SAMPLE_RATE
     info.update(
@@ -324,34 +388,28 @@ def build_dataset(cfg: BuildConfig, overwrite: bool = False, batch_mixtures: int
     return info
 
 
-def _finish_manifest(out: Path, mixtures: list[MixturePlan]) -> tuple[pa.Table, dict]:
+def _finish_manifest(out: Path, mixtures: list[MixturePlan], results: list[dict]) -> tuple[pa.Table, dict]:
     """Join the workers' per-mixture results (gain, measured SNR) into the manifest and
-    check that every planned patch was written exactly once."""
+    check that every planned mixture was written exactly once, whole."""
+    by_id = {int(r["mixture_id"]): r for r in results}
     rows = as_rows(mixtures)
-    gains: dict[int, tuple[float, float]] = {}
+    if len(results) != len(rows) or len(by_id) != len(rows):
+        raise BuildError(f"{out}: {len(results)} mixture results for {len(rows)} planned mixtures")
+    for r in rows:
+        done = by_id[r["mixture_id"]]
+        if int(done["n_patches"]) != r["n_patches"]:
+            raise BuildError(f"{out}: mixture {r['mixture_id']} wrote {done['n_patches']} patches, planned {r['n_patches']}")
+        r["gain"], r["measured_snr_db"] = float(done["gain"]), float(done["measured_snr_db"])
     splits = {}
     for split in SPLITS:
         planned = [r for r in rows if r["split"] == split]
-        if not planned:
-            splits[split] = {"mixtures": 0, "patches": 0, "bytes": 0, "files": 0}
-            continue
-        table = _read_back(out, split)
-        expected = sum(r["n_patches"] for r in planned)
-        if table.num_rows != expected:
-            raise BuildError(f"{out / split}: {table.num_rows} patch rows written, {expected} planned")
-        ids = table["mixture_id"].to_numpy()
-        first = np.unique(ids, return_index=True)[1]
-        for i in first:
-            gains[int(ids[i])] = (float(table["gain"][i].as_py()), float(table["measured_snr_db"][i].as_py()))
         files = sorted((out / split).glob("*.parquet"))
         splits[split] = {
             "mixtures": len(planned),
-            "patches": table.num_rows,
+            "patches": sum(r["n_patches"] for r in planned),
             "bytes": sum(f.stat().st_size for f in files),
             "files": len(files),
         }
-    for r in rows:
-        r["gain"], r["measured_snr_db"] = gains[r["mixture_id"]]
     return pa.Table.from_pylist(rows), splits
 
 

@@ -137,10 +137,22 @@ def istft(spec: torch.Tensor, length: int) -> torch.Tensor:
     return torch.istft(spec, N_FFT, HOP, window=_window().to(spec.device), center=True, length=length)
 
 
+def _real_imag(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    parts = torch.view_as_real(stft(x)).numpy()
+    return parts[..., 0], parts[..., 1]
+
+
+def magnitude(x: np.ndarray) -> np.ndarray:
+    """STFT magnitude of ``x``, float32 [257, frames]."""
+    re, im = _real_imag(x)
+    # numpy's SIMD sqrt/arctan2 are 5-9x faster here than torch's complex abs/angle.
+    return np.sqrt(re * re + im * im)
+
+
 def magphase(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Magnitude and phase (radians) of the STFT of ``x``, float32 [257, frames]."""
-    spec = stft(x)
-    return spec.abs().numpy(), spec.angle().numpy()
+    re, im = _real_imag(x)
+    return np.sqrt(re * re + im * im), np.arctan2(im, re)
 
 
 def n_frames(n_samples: int) -> int:
@@ -167,7 +179,7 @@ def cut_patches(spec: np.ndarray) -> np.ndarray:
 def mixture_patches(mix: Mixture) -> dict[str, np.ndarray]:
     """Patch tensors of one mixture: noisy magnitude and phase, clean magnitude."""
     noisy_mag, noisy_phase = magphase(mix.noisy)
-    clean_mag = stft(mix.clean).abs().numpy()
+    clean_mag = magnitude(mix.clean)
     return {
         "noisy_mag": cut_patches(noisy_mag),
         "clean_mag": cut_patches(clean_mag),
