@@ -63,6 +63,43 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _widths(value: str) -> list[int]:
+    try:
+        widths = [int(w) for w in value.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--widths takes comma-separated integers, got {value!r}") from None
+    if not widths or min(widths) < 1:
+        raise argparse.ArgumentTypeError("--widths must be positive")
+    return widths
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from model.train import TrainConfig, train
+    from speech_enhance.raysetup import init_ray
+
+    values = {}
+    if args.config:
+        values.update(_load_config_file(args.config))
+    explicit = {k: v for k, v in vars(args).items() if v is not None and k in TrainConfig.__dataclass_fields__}
+    values.update(explicit)
+    cfg = TrainConfig(**values)
+    if args.address:
+        init_ray(args.address)
+    train(cfg, overwrite=args.overwrite)
+    return 0
+
+
+def _load_config_file(path: str) -> dict:
+    import json
+
+    from model.train import TrainConfig
+
+    with open(path) as f:
+        data = json.load(f)
+    data = data.get("config", data)  # best_config.json wraps the parameters
+    return {k: v for k, v in data.items() if k in TrainConfig.__dataclass_fields__ and k not in ("data", "out")}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="speech-enhance",
@@ -94,6 +131,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing or unfinished dataset")
     _add_address(p)
     p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("train", help="train the mask CNN with Ray Train (resumes when re-run)")
+    p.add_argument("--data", required=True, help="dataset folder from `build`")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, best model, history)")
+    p.add_argument("--config", default=None, help="JSON of training settings, e.g. TUNE_DIR/best_config.json; "
+                                                  "flags given here override it")
+    p.add_argument("--epochs", type=int, default=None, help="maximum epochs (default 100)")
+    p.add_argument("--patience", type=int, default=None, help="early-stopping patience in epochs (default 8)")
+    p.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default 1e-3)")
+    p.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (default 1e-2)")
+    p.add_argument("--batch-size", type=int, default=None, help="patches per batch per worker (default 16)")
+    p.add_argument("--arch", choices=["mask_cnn", "unet"], default=None, help="network (default mask_cnn)")
+    p.add_argument("--widths", type=_widths, default=None, help="channel widths (default 32,64,64,32)")
+    p.add_argument("--step-size", type=int, default=None, help="StepLR step in epochs (off unless given)")
+    p.add_argument("--gamma", type=float, default=None, help="StepLR decay factor (default 0.5)")
+    p.add_argument("--workers", type=int, default=None, help="data-parallel workers (default 1)")
+    p.add_argument("--gpu", choices=["auto", "yes", "no"], default=None, help="use GPUs (default auto)")
+    p.add_argument("--cpus-per-worker", type=float, default=None,
+                   help="CPUs reserved per worker (default: leaves one CPU for Ray Data on small machines)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--overwrite", action="store_true", help="discard an existing run in --out")
+    _add_address(p)
+    p.set_defaults(func=cmd_train)
     return parser
 
 

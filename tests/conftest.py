@@ -59,3 +59,14 @@ def make_tiny_corpus(root: Path, speakers: int = 4, files_per_speaker: int = 2, 
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory) -> tuple[Path, Path]:
     return make_tiny_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(ray_session, tiny_corpus, tmp_path_factory) -> Path:
+    """A built dataset (2 SNRs) from the tiny corpus, shared by training tests."""
+    from pipeline.build import BuildConfig, build_dataset
+
+    clean, noise = tiny_corpus
+    out = tmp_path_factory.mktemp("tiny_dataset") / "data"
+    build_dataset(BuildConfig(str(clean), str(noise), str(out), snrs=[5.0, -5.0]), log=lambda *_: None)
+    return out

@@ -1,0 +1,54 @@
+"""Reading patch batches: through Ray Data for training, or directly for evaluation."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import torch
+from ray.data.collate_fn import ArrowBatchCollateFn
+
+from pipeline import store
+
+TRAIN_COLUMNS = ["noisy_mag", "clean_mag"]
+
+
+def to_tensors(table: pa.Table) -> tuple[torch.Tensor, torch.Tensor]:
+    """(noisy, clean) magnitudes as float32 [batch, 1, 257, 64] tensors."""
+    noisy, clean = (torch.from_numpy(store.decode_column(table, c).astype("float32")) for c in TRAIN_COLUMNS)
+    return noisy.unsqueeze(1), clean.unsqueeze(1)
+
+
+class PatchCollate(ArrowBatchCollateFn):
+    """Ray Data collate: Arrow batch → (noisy, clean) tensors, decoded zero-copy."""
+
+    def __call__(self, batch: pa.Table) -> tuple[torch.Tensor, torch.Tensor]:
+        return to_tensors(batch)
+
+
+def split_dir(data_dir: str | os.PathLike, split: str) -> str:
+    path = Path(data_dir) / split
+    if not path.is_dir() or not any(path.glob("*.parquet")):
+        raise FileNotFoundError(f"{path}: no Parquet patch files (is the {split!r} split empty?)")
+    return str(path)
+
+
+def read_split(data_dir: str | os.PathLike, split: str, shuffle_files: bool = False):  # noqa: ANN201
+    """The split as a Ray Dataset of the two training columns."""
+    import ray
+
+    return ray.data.read_parquet(
+        split_dir(data_dir, split), columns=TRAIN_COLUMNS, shuffle="files" if shuffle_files else None
+    )
+
+
+def local_batches(
+    data_dir: str | os.PathLike, split: str, batch_size: int = 64
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches of a split read in this process with pyarrow (no Ray), in file order."""
+    dataset = pads.dataset(split_dir(data_dir, split), format="parquet")
+    for batch in dataset.to_batches(columns=TRAIN_COLUMNS, batch_size=batch_size):
+        yield to_tensors(pa.Table.from_batches([batch]))

@@ -1,0 +1,365 @@
+"""Data-parallel training of the mask CNN with Ray Train (Train V2 API).
+
+The driver (``train``) checks the run folder, hands the dataset's train/val Parquet
+folders to a ``TorchTrainer`` as Ray Datasets, and after the run exports the best
+checkpoint as ``cnn_enhancer_best.pth`` with ``history.csv``, ``loss_curve.png``,
+``config.json`` and ``results.json`` (test-split L1, identity-mask baseline).
+
+Each worker (``train_loop_per_worker``) streams its shard through
+``iter_torch_batches``, all-reduces the epoch's loss sums so every rank sees the same
+validation loss and takes the same early-stopping decision (Train V2 needs every rank
+to call ``report`` equally often), and reports a checkpoint every epoch. Re-running
+the same command resumes from the latest checkpoint (Ray restores the run from
+``RUN_DIR/ray``); a crashed worker is restarted by Ray from that checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from model.net import DEFAULT_WIDTHS, build_model, save_model
+from pipeline.build import read_dataset_info
+
+BEST_MODEL = "cnn_enhancer_best.pth"
+RAY_RUN_NAME = "ray"
+# Keys that may change when a run is continued (e.g. more epochs, other hardware).
+RESUMABLE_KEYS = {"epochs", "patience", "workers", "gpu", "cpus_per_worker", "address", "fault_injection"}
+
+
+class TrainError(RuntimeError):
+    pass
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str
+    epochs: int = 100
+    patience: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    batch_size: int = 16
+    arch: str = "mask_cnn"
+    widths: list[int] = field(default_factory=lambda: list(DEFAULT_WIDTHS))
+    step_size: int | None = None  # StepLR off unless set
+    gamma: float = 0.5
+    workers: int = 1
+    gpu: str = "auto"  # auto | yes | no
+    cpus_per_worker: float | None = None  # None: leave a CPU for Ray Data on small machines
+    seed: int = 0
+    shuffle_buffer: int = 256
+    # Test hook: {"epoch": k, "rank": r, "marker": path} makes that rank crash once
+    # at the end of epoch k (before reporting), to exercise Ray's worker restart.
+    fault_injection: dict | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------- worker side
+def early_stopping_update(state: dict, val_loss: float, patience: int) -> bool:
+    """Record one epoch's validation loss in ``state`` (best_val, bad_epochs); returns
+    True once ``patience`` epochs in a row brought no improvement."""
+    if val_loss < state["best_val"]:
+        state["best_val"], state["bad_epochs"] = val_loss, 0
+    else:
+        state["bad_epochs"] += 1
+    return state["bad_epochs"] >= patience
+
+
+def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def _run_epoch(model, batches, device, optimizer=None, amp=False) -> tuple[float, float, float]:  # noqa: ANN001
+    """One pass; returns (sum of |error|, number of elements, number of patches)."""
+    training = optimizer is not None
+    model.train(training)
+    abs_sum, elements, patches = 0.0, 0.0, 0.0
+    for noisy, clean in batches:
+        noisy, clean = noisy.to(device, non_blocking=True), clean.to(device, non_blocking=True)
+        with torch.set_grad_enabled(training), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            mask = model(noisy)
+        enhanced = mask.float() * noisy
+        loss = nn.functional.l1_loss(enhanced, clean)
+        if training:
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        abs_sum += loss.item() * clean.numel()
+        elements += clean.numel()
+        patches += clean.shape[0]
+    return abs_sum, elements, patches
+
+
+def _maybe_inject_fault(config: dict, epoch: int, rank: int) -> None:
+    fault = config.get("fault_injection")
+    if fault and epoch == fault["epoch"] and rank == fault.get("rank", 0) and not os.path.exists(fault["marker"]):
+        Path(fault["marker"]).write_text(f"crashed at epoch {epoch}\n")
+        os._exit(1)  # a hard crash, as a killed process would die
+
+
+def train_loop_per_worker(config: dict) -> None:
+    import ray.train
+    import ray.train.torch
+
+    from model.data import PatchCollate
+
+    torch.manual_seed(config["seed"])
+    if config.get("torch_threads"):
+        torch.set_num_threads(config["torch_threads"])
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    device = ray.train.torch.get_device()
+    amp = device.type == "cuda"
+
+    model = ray.train.torch.prepare_model(build_model(config["arch"], config["widths"]))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
+    scheduler = (
+        torch.optim.lr_scheduler.StepLR(optimizer, config["step_size"], config["gamma"])
+        if config.get("step_size") else None
+    )
+    state = {"epoch": 0, "best_val": math.inf, "bad_epochs": 0, "stopped": False, "history": []}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as ckpt_dir:
+            saved = torch.load(Path(ckpt_dir) / "state.pt", map_location=device, weights_only=True)
+        getattr(model, "module", model).load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        if scheduler and saved.get("scheduler"):
+            scheduler.load_state_dict(saved["scheduler"])
+        state = saved["train_state"]
+    if state["stopped"] or state["epoch"] >= config["epochs"]:
+        return  # a finished run: nothing left to do
+    start_steps = _adam_steps(optimizer)
+
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    for epoch in range(state["epoch"] + 1, config["epochs"] + 1):
+        started = time.time()
+        train_batches = train_shard.iter_torch_batches(
+            batch_size=config["batch_size"], collate_fn=PatchCollate(),
+            local_shuffle_buffer_size=config["shuffle_buffer"], local_shuffle_seed=config["seed"] + epoch,
+        )
+        train_sums = _run_epoch(model, train_batches, device, optimizer, amp)
+        val_batches = val_shard.iter_torch_batches(batch_size=max(64, config["batch_size"]), collate_fn=PatchCollate())
+        with torch.no_grad():
+            val_sums = _run_epoch(model, val_batches, device, amp=amp)
+        t_abs, t_n, t_patches, v_abs, v_n = _all_reduce_sum([*train_sums, *val_sums[:2]], device)
+        seconds = time.time() - started
+        lr = optimizer.param_groups[0]["lr"]
+        if scheduler:
+            scheduler.step()
+        train_loss, val_loss = t_abs / max(t_n, 1), v_abs / max(v_n, 1)
+        # val_loss is all-reduced, hence identical on every rank: all ranks stop together.
+        state["stopped"] = early_stopping_update(state, val_loss, config["patience"])
+        state["epoch"] = epoch
+        row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "lr": lr, "seconds": seconds,
+               "patches_per_s": t_patches / seconds, "adam_steps_at_start": start_steps}
+        state["history"].append(row)
+        _maybe_inject_fault(config, epoch, rank)
+        metrics = {**row, "best_val_loss": state["best_val"], "stopped": state["stopped"]}
+        if rank == 0:
+            print(
+                f"epoch {epoch:3d}  train {train_loss:.5f}  val {val_loss:.5f}  lr {lr:.2e}  "
+                f"{seconds:6.1f} s  {row['patches_per_s']:7.1f} patches/s"
+                + ("  (early stop)" if state["stopped"] else ""),
+                flush=True,
+            )
+            with tempfile.TemporaryDirectory() as tmp:
+                torch.save(
+                    {"model": getattr(model, "module", model).state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict() if scheduler else None, "train_state": state,
+                     "model_config": {"arch": config["arch"], "widths": config["widths"]}},
+                    Path(tmp) / "state.pt",
+                )
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        else:
+            ray.train.report(metrics)
+        start_steps = _adam_steps(optimizer)
+        if state["stopped"]:
+            break
+
+
+def _adam_steps(optimizer: torch.optim.Optimizer) -> int:
+    steps = [s["step"] for s in optimizer.state.values() if "step" in s]
+    return int(steps[0]) if steps else 0
+
+
+# ---------------------------------------------------------------- driver side
+def _use_gpu(setting: str) -> bool:
+    import ray
+
+    available = ray.cluster_resources().get("GPU", 0) > 0
+    if setting == "yes" and not available:
+        raise TrainError("--gpu yes, but the Ray cluster has no GPU")
+    return setting == "yes" or (setting == "auto" and available)
+
+
+def _resources(cfg: TrainConfig, use_gpu: bool) -> tuple[float, int]:
+    """CPUs to reserve per worker and torch threads per worker.
+
+    Workers that take every CPU starve Ray Data's read tasks and training hangs, so
+    on small clusters each worker reserves at most its share of all-but-one CPU."""
+    import ray
+
+    total = ray.cluster_resources().get("CPU", 1)
+    if cfg.cpus_per_worker is not None:
+        cpus = cfg.cpus_per_worker
+    elif use_gpu:
+        cpus = 1.0
+    else:
+        cpus = max(0.25, min(1.0, (total - 1) / cfg.workers))
+    threads = max(1, int(total // cfg.workers)) if not use_gpu else max(1, int(cpus))
+    return cpus, threads
+
+
+def _check_run_dir(out: Path, config: dict, overwrite: bool) -> None:
+    saved_path = out / "config.json"
+    if overwrite and out.exists():
+        for name in (RAY_RUN_NAME, BEST_MODEL, "config.json", "history.csv", "loss_curve.png", "results.json"):
+            target = out / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+        return
+    if saved_path.exists():
+        saved = json.loads(saved_path.read_text())
+        # config.json also records derived values (threads, versions): compare settings only.
+        changed = sorted(k for k in config if k not in RESUMABLE_KEYS and saved.get(k) != config[k])
+        if changed:
+            raise TrainError(
+                f"{out} holds a run with a different config ({', '.join(changed)}); "
+                "choose another --out or pass --overwrite"
+            )
+
+
+def train(cfg: TrainConfig, overwrite: bool = False, log=print) -> dict:  # noqa: ANN001
+    """Run (or resume) training; returns results.json's contents."""
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from model.data import read_split
+    from speech_enhance.raysetup import init_ray
+
+    dataset_info = read_dataset_info(cfg.data)
+    out = Path(cfg.out).resolve()
+    config = cfg.to_dict()
+    _check_run_dir(out, config, overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    init_ray()
+    # Per-epoch lines are the progress report; Ray Data's bars would repeat per epoch.
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    use_gpu = _use_gpu(cfg.gpu)
+    cpus, threads = _resources(cfg, use_gpu)
+    effective = {**config, "use_gpu": use_gpu, "cpus_reserved_per_worker": cpus, "torch_threads": threads,
+                 "dataset": dataset_info["config"], "ray": ray.__version__, "torch": torch.__version__}
+    (out / "config.json").write_text(json.dumps(effective, indent=2))
+    log(f"training {cfg.arch} {cfg.widths} on {cfg.workers} {'GPU' if use_gpu else 'CPU'} worker(s) "
+        f"({cpus:g} CPU reserved and {threads} torch threads each); run folder {out}")
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={**config, "torch_threads": threads},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}
+        ),
+        datasets={"train": read_split(cfg.data, "train", shuffle_files=True), "val": read_split(cfg.data, "val")},
+        run_config=ray.train.RunConfig(
+            name=RAY_RUN_NAME,
+            storage_path=str(out),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute="val_loss", checkpoint_score_order="min"
+            ),
+            failure_config=ray.train.FailureConfig(max_failures=3 if cfg.fault_injection is None else
+                                                   cfg.fault_injection.get("max_failures", 3)),
+        ),
+    )
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as err:
+        summary = str(err).strip().splitlines()
+        raise TrainError(
+            f"training failed ({summary[0] if summary else type(err).__name__}); "
+            f"re-run the same command to resume from the last checkpoint in {out / RAY_RUN_NAME}"
+        ) from err
+    return export_run(result, out, cfg, log)
+
+
+def export_run(result, out: Path, cfg: TrainConfig, log=print) -> dict:  # noqa: ANN001
+    """Best checkpoint → cnn_enhancer_best.pth; history.csv, loss_curve.png, results.json."""
+    from model.evaluate import identity_l1, test_l1
+
+    if result.error:
+        raise TrainError(f"training failed: {result.error}")
+    latest = _load_state(result.checkpoint)
+    history = latest["train_state"]["history"]
+    best_ckpt, best_metrics = min(result.best_checkpoints, key=lambda cm: cm[1]["val_loss"])
+    best = _load_state(best_ckpt)
+    model = build_model(cfg.arch, cfg.widths)
+    model.load_state_dict(best["model"])
+    save_model(out / BEST_MODEL, model, epoch=int(best_metrics["epoch"]), val_loss=float(best_metrics["val_loss"]))
+    _write_history(out / "history.csv", history)
+    plot_loss_curve(history, out / "loss_curve.png")
+    model.eval()
+    results = {
+        "best_epoch": int(best_metrics["epoch"]),
+        "best_val_loss": float(best_metrics["val_loss"]),
+        "epochs_run": len(history),
+        "early_stopped": bool(latest["train_state"]["stopped"]),
+        "val_loss_identity_mask": identity_l1(cfg.data, "val"),
+        "test_loss": test_l1(model, cfg.data),
+        "test_loss_identity_mask": identity_l1(cfg.data, "test"),
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    log(f"best epoch {results['best_epoch']}: val L1 {results['best_val_loss']:.6f} "
+        f"(identity mask {results['val_loss_identity_mask']:.6f}); "
+        f"test L1 {results['test_loss']:.6f} (identity mask {results['test_loss_identity_mask']:.6f})")
+    log(f"wrote {out / BEST_MODEL}, history.csv, loss_curve.png, results.json")
+    return results
+
+
+def _load_state(checkpoint) -> dict:  # noqa: ANN001
+    with checkpoint.as_directory() as ckpt_dir:
+        return torch.load(Path(ckpt_dir) / "state.pt", map_location="cpu", weights_only=True)
+
+
+def _write_history(path: Path, history: list[dict]) -> None:
+    fields = ["epoch", "train_loss", "val_loss", "lr", "seconds", "patches_per_s"]
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def plot_loss_curve(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
+    ax.plot(epochs, [h["val_loss"] for h in history], "s-", label="validation")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("L1 loss (magnitude)")
+    ax.set_title("Mask CNN training")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

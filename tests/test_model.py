@@ -1,0 +1,80 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from model import MaskCNN, build_model, load_model, save_model
+from model.train import early_stopping_update
+
+
+def test_default_architecture_is_pinned():
+    model = MaskCNN()
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.padding) for c in convs] == [
+        (1, 32, (3, 3), (1, 1)), (32, 64, (3, 3), (1, 1)), (64, 64, (3, 3), (1, 1)),
+        (64, 32, (3, 3), (1, 1)), (32, 1, (3, 3), (1, 1)),
+    ]
+    norms = [m for m in model.encoder.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert [n.num_features for n in norms] == [32, 64, 64, 32]
+    assert sum(isinstance(m, nn.GELU) for m in model.modules()) == 4
+    assert isinstance(model.head[-1], nn.Sigmoid)
+    assert sum(p.numel() for p in model.parameters()) == 74_881
+    assert not model.input_norm.affine  # the input normalisation adds no parameters
+
+
+@pytest.mark.parametrize("arch", ["mask_cnn", "unet"])
+@pytest.mark.parametrize("frames", [64, 1, 37, 200])
+def test_any_number_of_frames_gives_a_mask_of_the_same_shape(arch, frames):
+    model = build_model(arch).eval()
+    x = torch.rand(2, 1, 257, frames)
+    mask = model(x)
+    assert mask.shape == x.shape
+    assert mask.min() >= 0 and mask.max() <= 1
+
+
+def test_widths_are_configurable():
+    model = build_model("mask_cnn", [8, 16, 16, 8])
+    assert [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)] == [8, 16, 16, 8, 1]
+    with pytest.raises(ValueError):
+        build_model("mask_cnn", [0, 4])
+    with pytest.raises(ValueError, match="unknown architecture"):
+        build_model("transformer")
+
+
+@pytest.mark.parametrize("arch,widths", [("mask_cnn", [8, 16, 16, 8]), ("unet", [8, 16, 32])])
+def test_checkpoint_round_trip_gives_same_outputs(tmp_path, arch, widths):
+    torch.manual_seed(0)
+    model = build_model(arch, widths)
+    model.train()
+    model(torch.rand(4, 1, 257, 64) * 3)  # move the BatchNorm running statistics
+    model.eval()
+    path = tmp_path / "m.pth"
+    save_model(path, model, epoch=3, val_loss=0.5)
+    raw = torch.load(path, weights_only=True)  # no pickled code inside
+    assert raw["model_config"] == {"arch": arch, "widths": widths} and raw["sample_rate"] == 16000
+    loaded, meta = load_model(path)
+    assert meta["epoch"] == 3 and meta["stft"] == {"n_fft": 512, "hop": 128, "window": "hann"}
+    x = torch.rand(2, 1, 257, 90)
+    torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_loading_a_bad_file_names_it(tmp_path):
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="bad.pth"):
+        load_model(bad)
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        load_model(tmp_path / "missing.pth")
+
+
+def test_early_stopping_stops_after_patience_epochs_of_plateau():
+    state = {"best_val": math.inf, "bad_epochs": 0}
+    losses = [1.0, 0.8, 0.7, 0.7, 0.75, 0.7, 0.9]
+    stops = [early_stopping_update(state, v, patience=3) for v in losses]
+    assert stops == [False, False, False, False, False, True, True]
+    assert state["best_val"] == 0.7
+    state = {"best_val": math.inf, "bad_epochs": 0}
+    assert [early_stopping_update(state, v, 2) for v in [1.0, 0.9, 0.95, 0.8, 0.85, 0.85]] == [
+        False, False, False, False, False, True]

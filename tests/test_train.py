@@ -1,0 +1,61 @@
+"""Ray Train runs on a tiny dataset (each TorchTrainer run costs ~30 s of Ray overhead)."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+from model import load_model
+from model.train import BEST_MODEL, TrainConfig, TrainError, train
+
+pytestmark = pytest.mark.timeout(400)
+
+
+def _history(run):
+    with open(run / "history.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_two_workers_train_survive_a_killed_worker_and_write_outputs(tiny_dataset, tmp_path):
+    run = tmp_path / "run"
+    marker = tmp_path / "crashed"
+    cfg = TrainConfig(data=str(tiny_dataset), out=str(run), epochs=3, workers=2, batch_size=4,
+                      fault_injection={"epoch": 2, "rank": 1, "marker": str(marker)})
+    results = train(cfg, log=lambda *_: None)
+    assert marker.exists()  # rank 1 really died during epoch 2 ...
+    history = _history(run)
+    assert [int(h["epoch"]) for h in history] == [1, 2, 3]  # ... and training went on from epoch 1's checkpoint
+    val = [float(h["val_loss"]) for h in history]
+    assert val[-1] < val[0]
+    for name in (BEST_MODEL, "history.csv", "loss_curve.png", "config.json", "results.json"):
+        assert (run / name).exists(), name
+    model, meta = load_model(run / BEST_MODEL)
+    assert meta["val_loss"] == pytest.approx(min(val))
+    assert results["test_loss"] > 0 and results["val_loss_identity_mask"] > results["best_val_loss"]
+    assert json.loads((run / "config.json").read_text())["workers"] == 2
+    assert model(torch.rand(1, 1, 257, 10)).shape == (1, 1, 257, 10)
+
+
+def test_interrupted_run_resumes_at_next_epoch_with_optimizer_state(tiny_dataset, tmp_path):
+    run = tmp_path / "run"
+    cfg = TrainConfig(data=str(tiny_dataset), out=str(run), epochs=3, workers=1, batch_size=4,
+                      fault_injection={"epoch": 2, "rank": 0, "marker": str(tmp_path / "m"), "max_failures": 0})
+    with pytest.raises(TrainError, match="training failed"):
+        train(cfg, log=lambda *_: None)  # dies during epoch 2: only epoch 1 is checkpointed
+    first = sorted(p for p in (run / "ray").glob("checkpoint_*") if p.is_dir())
+    assert len(first) == 1
+    steps_after_epoch_1 = torch.load(first[0] / "state.pt", weights_only=True)["train_state"]["history"][0]
+    cfg.fault_injection = None
+    train(cfg, log=lambda *_: None)  # the same command again
+    history = _history(run)
+    assert [int(h["epoch"]) for h in history] == [1, 2, 3]
+    latest = sorted(p for p in (run / "ray").glob("checkpoint_*") if p.is_dir())[-1]
+    rows = torch.load(latest / "state.pt", weights_only=True)["train_state"]["history"]
+    # epoch 2 started from the optimizer state saved after epoch 1, not from scratch
+    steps_per_epoch = rows[1]["adam_steps_at_start"] - steps_after_epoch_1["adam_steps_at_start"]
+    assert rows[1]["adam_steps_at_start"] > 0 and steps_per_epoch > 0
+    assert rows[2]["adam_steps_at_start"] - rows[1]["adam_steps_at_start"] == steps_per_epoch
+    # a different model config in the same folder is refused
+    with pytest.raises(TrainError, match="different config"):
+        train(TrainConfig(data=str(tiny_dataset), out=str(run), widths=[8, 8, 8, 8]), log=lambda *_: None)
