@@ -100,6 +100,44 @@ def _load_config_file(path: str) -> dict:
     return {k: v for k, v in data.items() if k in TrainConfig.__dataclass_fields__ and k not in ("data", "out")}
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from model.evaluate import evaluate
+    from speech_enhance.raysetup import init_ray
+
+    if args.address:
+        init_ray(args.address)
+    evaluate(args.data, args.model, args.out, max_mixtures=args.max_mixtures or None, samples=args.samples)
+    return 0
+
+
+def cmd_enhance(args: argparse.Namespace) -> int:
+    import torch
+
+    from model.enhance import enhance_paths
+    from model.net import load_model
+
+    model, _ = load_model(args.model)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results = enhance_paths(model, args.inputs, args.out, strength=args.strength)
+    done = [r for r in results if not r.error]
+    failed = [r for r in results if r.error]
+    audio_s = sum(r.seconds_audio for r in done)
+    wall_s = sum(r.seconds_wall for r in done)
+    print(f"enhanced {len(done)} file(s), {audio_s:.1f} s of audio in {wall_s:.1f} s "
+          f"(real-time factor {wall_s / max(audio_s, 1e-9):.3f}); {len(failed)} failed")
+    for r in failed:
+        print(f"  failed: {r.path}: {r.error}", file=sys.stderr)
+    return 1 if failed or not done else 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from speech_enhance.demo import run_demo
+
+    run_demo(args.out, epochs=args.epochs)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="speech-enhance",
@@ -154,6 +192,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="discard an existing run in --out")
     _add_address(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="test loss, PESQ/STOI/SI-SDR against baselines, report with samples")
+    p.add_argument("--data", required=True, help="dataset folder (its test split is evaluated)")
+    p.add_argument("--model", required=True, help="cnn_enhancer_best.pth")
+    p.add_argument("--out", required=True, help="report folder")
+    p.add_argument("--max-mixtures", type=int, default=200,
+                   help="evaluate at most this many test mixtures, evenly spaced (0: all)")
+    p.add_argument("--samples", type=int, default=3, help="mixtures written as audio + spectrogram figures")
+    _add_address(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("enhance", help="denoise audio files or folders of any length, rate and channels")
+    p.add_argument("inputs", nargs="+", help="audio files or folders (searched recursively)")
+    p.add_argument("--model", required=True, help="cnn_enhancer_best.pth")
+    p.add_argument("--out", required=True, help="output folder (file names are kept)")
+    p.add_argument("--strength", type=float, default=1.0, help="0 = unchanged ... 1 = full mask (default)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.set_defaults(func=cmd_enhance)
+
+    p = sub.add_parser("demo", help="corpus -> build -> train -> evaluate on the embedded corpus (CPU, minutes)")
+    p.add_argument("--out", default="runs/demo", help="folder for everything the demo writes")
+    p.add_argument("--epochs", type=int, default=4)
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

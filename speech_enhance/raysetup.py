@@ -21,6 +21,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, logging_level=logging.WARNING)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
+        # The dashboard also serves Ray's state API, which Ray Train's placement-group
+        # cleaner polls; without it every run logs a warning every few seconds.
+        ray.init(num_cpus=num_cpus, logging_level=logging.WARNING)
     # Quieter Ray Data logs; progress bars stay on.
     ray.data.DataContext.get_current().enable_progress_bars = True

@@ -1,0 +1,168 @@
+"""Enhancing audio with a trained model: arrays, and files of any length and format.
+
+The mask is predicted from the mono mix (what the model was trained on) and applied to
+every channel's own STFT, so stereo input keeps its stereo image. Files are streamed:
+read in blocks, resampled to 16 kHz with a streaming resampler, enhanced in segments
+with enough context on both sides that each segment's output equals the whole-file
+result (the STFT frames line up on the hop grid; the network sees ±5 frames), then
+resampled back to the input's rate and written as they are produced. Memory depends
+on the segment length only, never on the file's length.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+import torch
+from torch import nn
+
+from pipeline import audio, dsp
+
+SEGMENT_SAMPLES = 1000 * dsp.HOP  # 8 s at 16 kHz per model call
+CONTEXT_SAMPLES = 16 * dsp.HOP  # covers the STFT window (±2 frames) and the CNN's ±5 frames
+BLOCK_SECONDS = 10  # read size from the input file
+
+
+@torch.no_grad()
+def enhance_array(model: nn.Module, x: np.ndarray, strength: float = 1.0) -> np.ndarray:
+    """Enhance 16 kHz audio held in memory: [samples] or [channels, samples].
+
+    ``strength`` in [0, 1] floors the mask at ``1 - strength``: 0 returns the input,
+    1 applies the model's mask fully."""
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength must be in [0, 1], got {strength}")
+    signal = np.atleast_2d(np.asarray(x, dtype=np.float32))
+    specs = dsp.stft(signal)  # [channels, 257, frames]
+    mono_mag = dsp.stft(signal.mean(axis=0)).abs()
+    mask = model(mono_mag[None, None])[0, 0].float()
+    mask = 1.0 - strength * (1.0 - mask)
+    out = dsp.istft(specs * mask, signal.shape[-1]).numpy()
+    return out[0] if np.ndim(x) == 1 else out
+
+
+class StreamingEnhancer:
+    """Feed 16 kHz blocks [channels, n] in with :meth:`push`, collect output of the
+    same total length from :meth:`push` and :meth:`finish`."""
+
+    def __init__(self, model: nn.Module, channels: int, strength: float = 1.0,
+                 segment: int = SEGMENT_SAMPLES, context: int = CONTEXT_SAMPLES):
+        if segment % dsp.HOP or context % dsp.HOP:
+            raise ValueError("segment and context must be multiples of the hop")
+        self.model, self.strength, self.segment, self.context = model, strength, segment, context
+        self.buffer = np.zeros((channels, 0), np.float32)
+        self.buffer_start = 0  # absolute sample index of buffer[:, 0]
+        self.done = 0  # absolute index up to which output has been emitted
+
+    def _segment(self, end: int) -> np.ndarray:
+        left = min(self.context, self.done)
+        lo = self.done - left - self.buffer_start
+        hi = min(end + self.context, self.buffer_start + self.buffer.shape[1]) - self.buffer_start
+        y = enhance_array(self.model, self.buffer[:, lo:hi], self.strength)
+        out = y[:, left : left + end - self.done]
+        self.done = end
+        drop = max(0, self.done - self.context - self.buffer_start)
+        self.buffer, self.buffer_start = self.buffer[:, drop:], self.buffer_start + drop
+        return out
+
+    def push(self, block: np.ndarray) -> np.ndarray:
+        self.buffer = np.concatenate([self.buffer, np.asarray(block, np.float32)], axis=1)
+        outputs = []
+        available = self.buffer_start + self.buffer.shape[1]
+        while self.done + self.segment + self.context <= available:
+            outputs.append(self._segment(self.done + self.segment))
+        return np.concatenate(outputs, axis=1) if outputs else np.zeros((self.buffer.shape[0], 0), np.float32)
+
+    def finish(self) -> np.ndarray:
+        end = self.buffer_start + self.buffer.shape[1]
+        outputs = []
+        while self.done < end:
+            outputs.append(self._segment(min(self.done + self.segment, end)))
+        return np.concatenate(outputs, axis=1) if outputs else np.zeros((self.buffer.shape[0], 0), np.float32)
+
+
+@dataclass
+class FileResult:
+    path: str
+    output: str | None = None
+    seconds_audio: float = 0.0
+    seconds_wall: float = 0.0
+    error: str | None = None
+
+
+def enhance_file(model: nn.Module, src_path: str | os.PathLike, dst_path: str | os.PathLike,
+                 strength: float = 1.0) -> FileResult:
+    """Enhance one file of any length, rate and channel count into ``dst_path`` (same
+    rate, channels and length as the input)."""
+    started = time.time()
+    try:
+        info = sf.info(str(src_path))
+    except Exception as exc:
+        return FileResult(str(src_path), error=f"unreadable audio ({type(exc).__name__}: {exc})")
+    if info.frames == 0:
+        return FileResult(str(src_path), error="empty file (no samples)")
+    rate, channels, total = info.samplerate, info.channels, info.frames
+    dst_path = Path(dst_path)
+    dst_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst_path.with_name(dst_path.name + ".part" + dst_path.suffix)
+    down = soxr.ResampleStream(rate, dsp.SAMPLE_RATE, channels, dtype="float32", quality="HQ")
+    up = soxr.ResampleStream(dsp.SAMPLE_RATE, rate, channels, dtype="float32", quality="HQ")
+    enhancer = StreamingEnhancer(model, channels, strength)
+    written = 0
+
+    def write(dst: sf.SoundFile, y16: np.ndarray, last: bool) -> None:
+        nonlocal written
+        y = up.resample_chunk(np.ascontiguousarray(y16.T), last=last)
+        y = y[: max(0, total - written)]
+        dst.write(np.clip(y, -1.0, 1.0))
+        written += len(y)
+
+    try:
+        subtype = info.subtype if info.subtype in sf.available_subtypes(info.format) else None
+        with sf.SoundFile(str(src_path)) as src, sf.SoundFile(
+            str(tmp), "w", rate, channels, subtype=subtype, format=info.format
+        ) as dst:
+            for block in src.blocks(blocksize=rate * BLOCK_SECONDS, dtype="float32", always_2d=True):
+                if not np.all(np.isfinite(block)):
+                    raise audio.AudioError(src_path, "non-finite samples (NaN or Inf)")
+                x16 = down.resample_chunk(block)
+                write(dst, enhancer.push(x16.T), last=False)
+            tail = enhancer.push(down.resample_chunk(np.zeros((0, channels), np.float32), last=True).T)
+            write(dst, np.concatenate([tail, enhancer.finish()], axis=1), last=True)
+            if written < total:  # resampler rounding: pad the last few samples
+                dst.write(np.zeros((total - written, channels), np.float32))
+        os.replace(tmp, dst_path)
+    except Exception as exc:
+        tmp.unlink(missing_ok=True)
+        reason = exc.reason if isinstance(exc, audio.AudioError) else f"{type(exc).__name__}: {exc}"
+        return FileResult(str(src_path), error=reason)
+    return FileResult(str(src_path), str(dst_path), total / rate, time.time() - started)
+
+
+def enhance_paths(model: nn.Module, inputs: list[str], out_dir: str | os.PathLike, strength: float = 1.0,
+                  log=print) -> list[FileResult]:  # noqa: ANN001
+    """Enhance files and folders (recursively); outputs keep their names under out_dir."""
+    jobs: list[tuple[Path, Path]] = []
+    results: list[FileResult] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            jobs += [(f, Path(out_dir) / path.name / f.relative_to(path)) for f in audio.discover_audio(path)]
+        elif path.exists():
+            jobs.append((path, Path(out_dir) / path.name))
+        else:
+            results.append(FileResult(str(path), error="no such file or folder"))
+    for src, dst in jobs:
+        result = enhance_file(model, src, dst, strength)
+        results.append(result)
+        if result.error:
+            log(f"skipped {src}: {result.error}")
+        else:
+            log(f"{src} -> {dst}  ({result.seconds_audio:.1f} s audio, real-time factor "
+                f"{result.seconds_wall / max(result.seconds_audio, 1e-9):.3f})")
+    return results

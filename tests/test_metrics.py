@@ -1,0 +1,48 @@
+import numpy as np
+import pytest
+
+from model import metrics
+from tests.conftest import speech_like
+
+
+def _speech(seconds=3.0):
+    return speech_like(np.random.default_rng(1), seconds, 16000, 120.0)
+
+
+def test_si_sdr_of_signal_with_itself_is_very_high_and_scale_invariant():
+    s = _speech()
+    assert metrics.si_sdr(s, s) > 100
+    assert metrics.si_sdr(s, 0.3 * s) > 100
+
+
+@pytest.mark.parametrize("target_db", [-5.0, 0.0, 10.0, 20.0])
+def test_si_sdr_with_known_orthogonal_error(target_db):
+    s = _speech().astype(np.float64)
+    s -= s.mean()
+    e = np.random.default_rng(0).standard_normal(len(s))
+    e -= e.mean()
+    e -= np.dot(e, s) / np.dot(s, s) * s  # orthogonal to s: SI-SDR is exactly the energy ratio
+    e *= np.sqrt(np.dot(s, s) / np.dot(e, e) / 10 ** (target_db / 10))
+    assert metrics.si_sdr(s, 2.0 * (s + e)) == pytest.approx(target_db, abs=1e-6)
+
+
+def test_pesq_and_stoi_of_clean_against_clean():
+    s = _speech()
+    assert metrics.pesq_wb(s, s) == pytest.approx(4.64, abs=0.01)
+    assert metrics.stoi(s, s) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_metrics_rank_noisier_signals_lower():
+    s = _speech()
+    noise = 0.05 * np.random.default_rng(2).standard_normal(len(s)).astype(np.float32)
+    light, heavy = metrics.all_metrics(s, s + 0.3 * noise), metrics.all_metrics(s, s + 3 * noise)
+    assert all(light[k] > heavy[k] for k in ("pesq", "stoi", "si_sdr"))
+
+
+@pytest.mark.parametrize("baseline", [metrics.wiener, metrics.spectral_gating])
+def test_classical_baselines_improve_si_sdr_on_stationary_noise(baseline):
+    s = _speech(4.0)
+    noisy = s + 0.05 * np.random.default_rng(3).standard_normal(len(s)).astype(np.float32)
+    out = baseline(noisy)
+    assert out.shape == noisy.shape
+    assert metrics.si_sdr(s, out) > metrics.si_sdr(s, noisy) + 1.0
