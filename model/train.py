@@ -35,7 +35,7 @@ from pipeline.build import read_dataset_info
 BEST_MODEL = "cnn_enhancer_best.pth"
 RAY_RUN_NAME = "ray"
 # Keys that may change when a run is continued (e.g. more epochs, other hardware).
-RESUMABLE_KEYS = {"epochs", "patience", "workers", "gpu", "cpus_per_worker", "address", "fault_injection"}
+RESUMABLE_KEYS = {"epochs", "patience", "workers", "gpu", "cpus_per_worker", "torch_threads", "fault_injection"}
 
 
 class TrainError(RuntimeError):
@@ -58,6 +58,7 @@ class TrainConfig:
     workers: int = 1
     gpu: str = "auto"  # auto | yes | no
     cpus_per_worker: float | None = None  # None: leave a CPU for Ray Data on small machines
+    torch_threads: int | None = None  # None: the CPUs of the node divided among the workers
     seed: int = 0
     shuffle_buffer: int = 256
     # Test hook: {"epoch": k, "rank": r, "marker": path} makes that rank crash once
@@ -157,6 +158,7 @@ def train_loop_per_worker(config: dict) -> None:
             local_shuffle_buffer_size=config["shuffle_buffer"], local_shuffle_seed=config["seed"] + epoch,
         )
         train_sums = _run_epoch(model, train_batches, device, optimizer, amp)
+        train_seconds = time.time() - started
         val_batches = val_shard.iter_torch_batches(batch_size=max(64, config["batch_size"]), collate_fn=PatchCollate())
         with torch.no_grad():
             val_sums = _run_epoch(model, val_batches, device, amp=amp)
@@ -169,8 +171,9 @@ def train_loop_per_worker(config: dict) -> None:
         # val_loss is all-reduced, hence identical on every rank: all ranks stop together.
         state["stopped"] = early_stopping_update(state, val_loss, config["patience"])
         state["epoch"] = epoch
+        # patches/s: training patches (all workers) per second of the training pass.
         row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "lr": lr, "seconds": seconds,
-               "patches_per_s": t_patches / seconds, "adam_steps_at_start": start_steps}
+               "patches_per_s": t_patches / train_seconds, "adam_steps_at_start": start_steps}
         state["history"].append(row)
         _maybe_inject_fault(config, epoch, rank)
         metrics = {**row, "best_val_loss": state["best_val"], "stopped": state["stopped"]}
@@ -225,8 +228,20 @@ def _resources(cfg: TrainConfig, use_gpu: bool) -> tuple[float, int]:
         cpus = 1.0
     else:
         cpus = max(0.25, min(1.0, (total - 1) / cfg.workers))
-    threads = max(1, int(total // cfg.workers)) if not use_gpu else max(1, int(cpus))
+    if cfg.torch_threads:
+        threads = cfg.torch_threads
+    else:
+        threads = max(1, int(total // cfg.workers)) if not use_gpu else max(1, int(cpus))
     return cpus, threads
+
+
+def _worker_resources(cpus: float, use_gpu: bool) -> dict:
+    # With cpus == 0 (a Tune trial whose own bundle holds the CPUs), the bundle still
+    # needs a non-zero resource: a token amount of memory.
+    resources = {"CPU": cpus} if cpus > 0 or use_gpu else {"CPU": 0, "memory": 2**20}
+    if use_gpu:
+        resources["GPU"] = 1
+    return resources
 
 
 def _check_run_dir(out: Path, config: dict, overwrite: bool) -> None:
@@ -247,8 +262,9 @@ def _check_run_dir(out: Path, config: dict, overwrite: bool) -> None:
             )
 
 
-def train(cfg: TrainConfig, overwrite: bool = False, log=print) -> dict:  # noqa: ANN001
-    """Run (or resume) training; returns results.json's contents."""
+def train(cfg: TrainConfig, overwrite: bool = False, log=print, callbacks: list | None = None) -> dict:  # noqa: ANN001
+    """Run (or resume) training; returns results.json's contents. ``callbacks`` are Ray
+    Train callbacks (Tune passes its ``TuneReportCallback``)."""
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -275,12 +291,13 @@ def train(cfg: TrainConfig, overwrite: bool = False, log=print) -> dict:  # noqa
         train_loop_per_worker,
         train_loop_config={**config, "torch_threads": threads},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}
+            num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker=_worker_resources(cpus, use_gpu)
         ),
         datasets={"train": read_split(cfg.data, "train", shuffle_files=True), "val": read_split(cfg.data, "val")},
         run_config=ray.train.RunConfig(
             name=RAY_RUN_NAME,
             storage_path=str(out),
+            callbacks=callbacks,
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute="val_loss", checkpoint_score_order="min"
             ),

@@ -131,6 +131,18 @@ def cmd_enhance(args: argparse.Namespace) -> int:
     return 1 if failed or not done else 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from speech_enhance.raysetup import init_ray
+    from tune.search import TuneConfig, search
+
+    if args.address:
+        init_ray(args.address)
+    search(TuneConfig(data=args.data, out=args.out, samples=args.samples, max_concurrent=args.max_concurrent,
+                      epochs=args.epochs, workers_per_trial=args.workers_per_trial,
+                      gpus_per_trial=args.gpus_per_trial, space=args.space, seed=args.seed))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from speech_enhance.demo import run_demo
 
@@ -210,6 +222,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strength", type=float, default=1.0, help="0 = unchanged ... 1 = full mask (default)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.set_defaults(func=cmd_enhance)
+
+    p = sub.add_parser("tune", help="Ray Tune + Optuna + ASHA search over lr, widths, StepLR (resumes when re-run)")
+    p.add_argument("--data", required=True, help="dataset folder from `build`")
+    p.add_argument("--out", required=True, help="search folder")
+    p.add_argument("--samples", type=int, default=20, help="trials")
+    p.add_argument("--max-concurrent", type=int, default=None, help="concurrent trials (default: what fits)")
+    p.add_argument("--epochs", type=int, default=30, help="maximum epochs per trial")
+    p.add_argument("--workers-per-trial", type=int, default=1)
+    p.add_argument("--gpus-per-trial", type=int, choices=[0, 1], default=0)
+    p.add_argument("--space", default=None, help="YAML/JSON search space replacing the default (tune/space.py)")
+    p.add_argument("--seed", type=int, default=0)
+    _add_address(p)
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("demo", help="corpus -> build -> train -> evaluate on the embedded corpus (CPU, minutes)")
     p.add_argument("--out", default="runs/demo", help="folder for everything the demo writes")

@@ -1,0 +1,214 @@
+"""Hyperparameter search: Ray Tune + Optuna (TPE) + ASHA over Ray Train trials.
+
+Each Tune trial runs a driver function that calls :func:`model.train.train` unchanged:
+it builds its own ``TorchTrainer`` and hands the per-epoch metrics to Tune through
+``TuneReportCallback`` (the Train V2 pattern, not ``Tuner(trainer)``). ASHA stops poor
+trials on the per-epoch validation loss; early stopping inside a trial still applies.
+Re-running the same command restores the experiment from ``TUNE_DIR/ray`` and finishes
+it without repeating finished trials.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from model.train import BEST_MODEL, TrainConfig
+from tune.space import load_space, to_tune, train_settings
+
+EXPERIMENT = "ray"
+
+
+@dataclass
+class TuneConfig:
+    data: str
+    out: str
+    samples: int = 20
+    max_concurrent: int | None = None  # None: as many as the resources allow
+    epochs: int = 30
+    workers_per_trial: int = 1
+    gpus_per_trial: int = 0
+    space: str | None = None
+    seed: int = 0
+    grace_period: int = 2  # ASHA: epochs every trial gets before it can be stopped
+
+
+def run_trial(params: dict) -> None:
+    """Tune trainable: one Ray Train run with the sampled parameters."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from model.train import train
+
+    fixed = params["_fixed"]
+    trial_dir = Path(fixed["out"]) / "trials" / tune.get_context().get_trial_name()
+    cfg = TrainConfig(
+        data=fixed["data"], out=str(trial_dir), epochs=fixed["epochs"], workers=fixed["workers"],
+        gpu="yes" if fixed["gpus"] else "no", seed=fixed["seed"], torch_threads=fixed["torch_threads"],
+        cpus_per_worker=0.0,  # the trial's own bundle holds the CPUs (see _concurrency)
+        **train_settings({k: v for k, v in params.items() if k != "_fixed"}),
+    )
+    train(cfg, callbacks=[TuneReportCallback()], log=lambda *_: None)
+
+
+def _concurrency(cfg: TuneConfig) -> tuple[int, float, int]:
+    """(concurrent trials, CPUs each trial reserves, torch threads per training worker).
+
+    Tune runs a trial's child tasks inside the trial's placement group, and Ray Data
+    sizes itself to that group minus the CPUs the training workers reserve. So the trial
+    reserves every CPU it uses (one for its driver and Ray Data's reads, one per training
+    worker) in its own bundle, and its training workers reserve no CPU of their own
+    (GPUs they still reserve). Trials never ask for more than exists."""
+    import ray
+
+    cpus = ray.cluster_resources().get("CPU", 1)
+    gpus = ray.cluster_resources().get("GPU", 0)
+    trial_cpus = min(cpus, 1.0 + cfg.workers_per_trial)
+    fit = max(1, int(cpus // trial_cpus))
+    if cfg.gpus_per_trial:
+        if gpus < cfg.gpus_per_trial * cfg.workers_per_trial:
+            raise ValueError(f"--gpus-per-trial {cfg.gpus_per_trial}, but the cluster has {gpus:g} GPU(s)")
+        fit = min(fit, int(gpus // (cfg.gpus_per_trial * cfg.workers_per_trial)))
+    concurrent = min(fit, cfg.max_concurrent or fit, cfg.samples)
+    threads = max(1, int(cpus // (concurrent * cfg.workers_per_trial)))
+    return concurrent, trial_cpus, threads
+
+
+def search(cfg: TuneConfig, log=print) -> dict:  # noqa: ANN001
+    """Run or resume the search; writes trials.csv, best_config.json, best/, trials.png."""
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    from pipeline.build import read_dataset_info
+    from speech_enhance.raysetup import init_ray
+
+    read_dataset_info(cfg.data)  # fail early on a missing or unfinished dataset
+    out = Path(cfg.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    init_ray()
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    space = load_space(cfg.space)
+    concurrent, trial_cpus, threads = _concurrency(cfg)
+    fixed = {"data": str(Path(cfg.data).resolve()), "out": str(out), "epochs": cfg.epochs,
+             "workers": cfg.workers_per_trial, "gpus": cfg.gpus_per_trial, "seed": cfg.seed,
+             "torch_threads": threads}
+    trainable = tune.with_resources(run_trial, {"CPU": trial_cpus})
+    experiment = out / EXPERIMENT
+    if tune.Tuner.can_restore(str(experiment)):
+        log(f"resuming the search in {experiment}")
+        tuner = tune.Tuner.restore(str(experiment), trainable, resume_errored=True)
+    else:
+        log(f"searching {cfg.samples} trials, {concurrent} at a time, {cfg.epochs} epochs max each")
+        searcher = ConcurrencyLimiter(OptunaSearch(seed=cfg.seed), max_concurrent=concurrent)
+        tuner = tune.Tuner(
+            trainable,
+            param_space={**to_tune(space), "_fixed": fixed},
+            tune_config=tune.TuneConfig(
+                metric="val_loss", mode="min", num_samples=cfg.samples, search_alg=searcher,
+                trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
+                scheduler=ASHAScheduler(time_attr="training_iteration", max_t=cfg.epochs,
+                                        grace_period=min(cfg.grace_period, cfg.epochs), reduction_factor=2),
+            ),
+            run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(out),
+                                      failure_config=tune.FailureConfig(max_failures=1)),
+        )
+    results = tuner.fit()
+    return write_outputs(results, out, cfg, log)
+
+
+def _trial_name(trial) -> str:  # noqa: ANN001
+    return f"trial_{trial.trial_id}"
+
+
+def write_outputs(results, out: Path, cfg: TuneConfig, log=print) -> dict:  # noqa: ANN001
+    rows = []
+    for result in results:
+        df = result.metrics_dataframe
+        params = {k: v for k, v in (result.config or {}).items() if k != "_fixed"}
+        best_val = float(df["val_loss"].min()) if df is not None and "val_loss" in df else math.nan
+        epochs = int(df["epoch"].max()) if df is not None and "epoch" in df else 0
+        stopped_early = bool(df is not None and "stopped" in df and df["stopped"].iloc[-1])
+        if result.error:
+            status = "error"
+        elif epochs < cfg.epochs and not stopped_early:
+            status = "stopped by ASHA"
+        else:
+            status = "early-stopped" if stopped_early else "completed"
+        name = Path(result.path).name
+        rows.append({"trial_id": name, "trial_dir": str(out / "trials" / name), **params,
+                     "best_val_loss": best_val, "epochs_run": epochs, "status": status})
+    rows.sort(key=lambda r: (math.isnan(r["best_val_loss"]), r["best_val_loss"]))
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    with (out / "trials.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    best = rows[0]
+    params = {k: best[k] for k in fields if k not in ("trial_id", "trial_dir", "best_val_loss", "epochs_run", "status")}
+    settings = train_settings(params)
+    (out / "best_config.json").write_text(json.dumps(
+        {"config": settings, "params": params, "best_val_loss": best["best_val_loss"], "trial_id": best["trial_id"],
+         "epochs_run": best["epochs_run"]}, indent=2, default=str))
+    _export_best_model(Path(best["trial_dir"]), out / "best" / BEST_MODEL)
+    plot_trials(rows, out / "trials.png")
+    log(f"{len(rows)} trials; best val L1 {best['best_val_loss']:.6f} with {settings}")
+    log(f"wrote {out / 'trials.csv'}, best_config.json, best/{BEST_MODEL}, trials.png")
+    return {"trials": rows, "best": best}
+
+
+def _export_best_model(trial_dir: Path, dest: Path) -> None:
+    """Copy the trial's exported model, or (for a trial ASHA stopped before it could
+    export) rebuild it from its best checkpoint."""
+    import torch
+
+    from model.net import build_model, save_model
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if (trial_dir / BEST_MODEL).exists():
+        shutil.copy(trial_dir / BEST_MODEL, dest)
+        return
+    states = [torch.load(p / "state.pt", map_location="cpu", weights_only=True)
+              for p in (trial_dir / "ray").glob("checkpoint_*") if p.is_dir()]
+    if not states:
+        raise FileNotFoundError(f"{trial_dir}: the best trial left no checkpoint")
+    best = min(states, key=lambda s: s["train_state"]["history"][-1]["val_loss"])
+    model = build_model(**best["model_config"])
+    model.load_state_dict(best["model"])
+    last = best["train_state"]["history"][-1]
+    save_model(dest, model, epoch=int(last["epoch"]), val_loss=float(last["val_loss"]))
+
+
+def plot_trials(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in rows if not math.isnan(r["best_val_loss"])]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    axes[0].bar(range(len(ok)), [r["best_val_loss"] for r in ok],
+                color=["tab:green" if r["status"] != "stopped by ASHA" else "tab:gray" for r in ok])
+    axes[0].set_xticks(range(len(ok)), [str(i) for i in range(len(ok))])
+    axes[0].set_xlabel("trial (rank order, see trials.csv)")
+    axes[0].set_ylabel("best val L1")
+    axes[0].set_title("trials (grey: stopped by ASHA)")
+    if ok and "lr" in ok[0]:
+        axes[1].scatter([float(r["lr"]) for r in ok], [r["best_val_loss"] for r in ok])
+        axes[1].set_xscale("log")
+    axes[1].set_xlabel("learning rate")
+    widths = [sum(int(r.get(f"width{i}", 0) or 0) for i in range(1, 5)) for r in ok]
+    axes[2].scatter(widths, [r["best_val_loss"] for r in ok])
+    axes[2].set_xlabel("sum of channel widths")
+    for ax in axes[1:]:
+        ax.set_ylabel("best val L1")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
