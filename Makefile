@@ -30,6 +30,8 @@ lint: install
 
 bench: install
 	$(BIN)/python bench/build_throughput.py
+	$(BIN)/python bench/train_throughput.py
+	$(BIN)/python bench/rtf.py
 
 clean:
 	rm -rf $(VENV) runs corpus data .pytest_cache
