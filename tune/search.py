@@ -99,7 +99,11 @@ def search(cfg: TuneConfig, log=print) -> dict:  # noqa: ANN001
     fixed = {"data": str(Path(cfg.data).resolve()), "out": str(out), "epochs": cfg.epochs,
              "workers": cfg.workers_per_trial, "gpus": cfg.gpus_per_trial, "seed": cfg.seed,
              "torch_threads": threads}
-    trainable = tune.with_resources(run_trial, {"CPU": trial_cpus})
+    # The first bundle hosts the trial's driver function itself (it only waits on its
+    # TorchTrainer); the second holds the CPUs its Ray Data tasks and torch threads use.
+    trainable = tune.with_resources(
+        run_trial, tune.PlacementGroupFactory([{"CPU": 0, "memory": 2**20}, {"CPU": trial_cpus}])
+    )
     experiment = out / EXPERIMENT
     if tune.Tuner.can_restore(str(experiment)):
         log(f"resuming the search in {experiment}")
