@@ -39,7 +39,8 @@ def enhance_array(model: nn.Module, x: np.ndarray, strength: float = 1.0) -> np.
         raise ValueError(f"strength must be in [0, 1], got {strength}")
     signal = np.atleast_2d(np.asarray(x, dtype=np.float32))
     specs = dsp.stft(signal)  # [channels, 257, frames]
-    mono_mag = dsp.stft(signal.mean(axis=0)).abs()
+    # The STFT is linear: the mono mix's spectrum is the mean of the channels' spectra.
+    mono_mag = specs.mean(dim=0).abs()
     mask = model(mono_mag[None, None])[0, 0].float()
     mask = 1.0 - strength * (1.0 - mask)
     out = dsp.istft(specs * mask, signal.shape[-1]).numpy()

@@ -34,24 +34,27 @@ METRICS = ("pesq", "stoi", "si_sdr")
 
 
 @torch.no_grad()
-def test_l1(model: nn.Module, data_dir: str | os.PathLike, split: str = "test") -> float:
-    """Mean L1 between Mask × Noisy and Clean magnitudes over every patch of a split
-    (the original project's test loss)."""
-    model.eval()
+def patch_l1(data_dir: str | os.PathLike, split: str, model: nn.Module | None = None) -> float:
+    """Mean L1 between Mask × Noisy and Clean magnitudes over every patch of a split;
+    without a model, the identity mask (mask = 1, output = noisy input)."""
+    if model is not None:
+        model.eval()
     total, count = 0.0, 0
     for noisy, clean in local_batches(data_dir, split):
-        total += torch.sum(torch.abs(model(noisy) * noisy - clean)).item()
+        enhanced = model(noisy) * noisy if model is not None else noisy
+        total += torch.sum(torch.abs(enhanced - clean)).item()
         count += clean.numel()
     return total / max(count, 1)
+
+
+def test_l1(model: nn.Module, data_dir: str | os.PathLike, split: str = "test") -> float:
+    """The model's patch L1 on a split (the original project's test loss)."""
+    return patch_l1(data_dir, split, model)
 
 
 def identity_l1(data_dir: str | os.PathLike, split: str) -> float:
-    """The same loss for the identity mask (mask = 1, output = noisy input)."""
-    total, count = 0.0, 0
-    for noisy, clean in local_batches(data_dir, split):
-        total += torch.sum(torch.abs(noisy - clean)).item()
-        count += clean.numel()
-    return total / max(count, 1)
+    """The patch L1 of the identity mask on a split."""
+    return patch_l1(data_dir, split)
 
 
 def _roundtrip(x: np.ndarray) -> np.ndarray:

@@ -29,8 +29,6 @@ from pipeline.plan import SPLITS, MixturePlan, SourceFile, as_rows, plan_mixture
 
 FORMAT_VERSION = 1
 PATCH_TENSORS = store.TENSOR_COLUMNS
-# The scalar columns every patch row carries besides the three tensors.
-PATCH_SCALARS = ("mixture_id", "patch_index", "snr_db")
 # Patch rows per Parquet row group (~12 MiB at float32): small enough to write as we go.
 ROW_GROUP_ROWS = 64
 DEFAULT_FILE_BYTES = 128 * 2**20
@@ -233,14 +231,12 @@ def list_inputs(cfg: BuildConfig) -> tuple[list[dict], list[dict]]:
         if not files:
             raise BuildError(f"{root}: no audio files found (looked for {sorted(audio.audio_extensions())})")
         for path in files:
-            if kind == "clean":
-                try:
-                    group = audio.speaker_of(path, clean_root, cfg.speaker_regex)
-                except audio.AudioError as err:
-                    skipped.append({"path": str(path), "kind": kind, "reason": err.reason})
-                    continue
-            else:
-                group = path.parent.name if path.parent != noise_root else path.stem
+            # Clean files are grouped by speaker, noise files by type (parent folder).
+            try:
+                group = audio.speaker_of(path, root, cfg.speaker_regex if kind == "clean" else None)
+            except audio.AudioError as err:
+                skipped.append({"path": str(path), "kind": kind, "reason": err.reason})
+                continue
             items.append({"path": str(path.resolve()), "kind": kind, "group": group})
     return items, skipped
 
