@@ -49,33 +49,36 @@ def run_trial(params: dict) -> None:
     cfg = TrainConfig(
         data=fixed["data"], out=str(trial_dir), epochs=fixed["epochs"], workers=fixed["workers"],
         gpu="yes" if fixed["gpus"] else "no", seed=fixed["seed"], torch_threads=fixed["torch_threads"],
-        cpus_per_worker=0.0,  # the trial's own bundle holds the CPUs (see _concurrency)
+        cpus_per_worker=fixed["cpus_per_worker"],
         **train_settings({k: v for k, v in params.items() if k != "_fixed"}),
     )
     train(cfg, callbacks=[TuneReportCallback()], log=lambda *_: None)
 
 
 def _concurrency(cfg: TuneConfig) -> tuple[int, float, int]:
-    """(concurrent trials, CPUs each trial reserves, torch threads per training worker).
+    """(concurrent trials, CPUs each training worker reserves, torch threads per worker).
 
-    Tune runs a trial's child tasks inside the trial's placement group, and Ray Data
-    sizes itself to that group minus the CPUs the training workers reserve. So the trial
-    reserves every CPU it uses (one for its driver and Ray Data's reads, one per training
-    worker) in its own bundle, and its training workers reserve no CPU of their own
-    (GPUs they still reserve). Trials never ask for more than exists."""
+    A trial's driver function only waits on its TorchTrainer, so the trial itself
+    reserves no CPU; its training workers reserve theirs in Train's own placement group.
+    Ray Data's read tasks are scheduled with the SPREAD strategy, outside any trial's
+    placement group, so they need CPUs nobody reserved: one CPU is always left free
+    for them (on 2 CPUs, with every CPU reserved by trials, the reads never start).
+    Trials never ask for more than exists."""
     import ray
 
     cpus = ray.cluster_resources().get("CPU", 1)
     gpus = ray.cluster_resources().get("GPU", 0)
-    trial_cpus = min(cpus, 1.0 + cfg.workers_per_trial)
-    fit = max(1, int(cpus // trial_cpus))
+    workers = cfg.workers_per_trial
+    spare = max(cpus - 1, 0.25 * workers)
+    worker_cpus = 1.0 if cfg.gpus_per_trial else max(0.25, min(1.0, spare / workers))
+    fit = max(1, int(spare // (worker_cpus * workers)))
     if cfg.gpus_per_trial:
-        if gpus < cfg.gpus_per_trial * cfg.workers_per_trial:
+        if gpus < cfg.gpus_per_trial * workers:
             raise ValueError(f"--gpus-per-trial {cfg.gpus_per_trial}, but the cluster has {gpus:g} GPU(s)")
-        fit = min(fit, int(gpus // (cfg.gpus_per_trial * cfg.workers_per_trial)))
+        fit = min(fit, int(gpus // (cfg.gpus_per_trial * workers)))
     concurrent = min(fit, cfg.max_concurrent or fit, cfg.samples)
-    threads = max(1, int(cpus // (concurrent * cfg.workers_per_trial)))
-    return concurrent, trial_cpus, threads
+    threads = max(1, int(cpus // (concurrent * workers)))
+    return concurrent, worker_cpus, threads
 
 
 def search(cfg: TuneConfig, log=print) -> dict:  # noqa: ANN001
@@ -95,15 +98,13 @@ def search(cfg: TuneConfig, log=print) -> dict:  # noqa: ANN001
     init_ray()
     ray.data.DataContext.get_current().enable_progress_bars = False
     space = load_space(cfg.space)
-    concurrent, trial_cpus, threads = _concurrency(cfg)
+    concurrent, worker_cpus, threads = _concurrency(cfg)
     fixed = {"data": str(Path(cfg.data).resolve()), "out": str(out), "epochs": cfg.epochs,
              "workers": cfg.workers_per_trial, "gpus": cfg.gpus_per_trial, "seed": cfg.seed,
-             "torch_threads": threads}
-    # The first bundle hosts the trial's driver function itself (it only waits on its
-    # TorchTrainer); the second holds the CPUs its Ray Data tasks and torch threads use.
-    trainable = tune.with_resources(
-        run_trial, tune.PlacementGroupFactory([{"CPU": 0, "memory": 2**20}, {"CPU": trial_cpus}])
-    )
+             "torch_threads": threads, "cpus_per_worker": worker_cpus}
+    # The trial's driver function reserves nothing but a token (a bundle needs some
+    # resource); see _concurrency for where the CPUs go.
+    trainable = tune.with_resources(run_trial, tune.PlacementGroupFactory([{"CPU": 0, "memory": 2**20}]))
     experiment = out / EXPERIMENT
     if tune.Tuner.can_restore(str(experiment)):
         log(f"resuming the search in {experiment}")
