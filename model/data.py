@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.dataset as pads
 import torch
 from ray.data.collate_fn import ArrowBatchCollateFn
 
-from pipeline import store
+from pipeline import storage, store
 
 TRAIN_COLUMNS = ["noisy_mag", "clean_mag"]
 
@@ -30,10 +29,11 @@ class PatchCollate(ArrowBatchCollateFn):
 
 
 def split_dir(data_dir: str | os.PathLike, split: str) -> str:
-    path = Path(data_dir) / split
-    if not path.is_dir() or not any(path.glob("*.parquet")):
+    """The split's folder (a local path or URI), checked to hold Parquet files."""
+    path = storage.join(storage.resolve(data_dir), split)
+    if not storage.list_files(path, ".parquet"):
         raise FileNotFoundError(f"{path}: no Parquet patch files (is the {split!r} split empty?)")
-    return str(path)
+    return path
 
 
 def read_split(data_dir: str | os.PathLike, split: str, shuffle_files: bool = False):  # noqa: ANN201
@@ -49,6 +49,7 @@ def local_batches(
     data_dir: str | os.PathLike, split: str, batch_size: int = 64
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Batches of a split read in this process with pyarrow (no Ray), in file order."""
-    dataset = pads.dataset(split_dir(data_dir, split), format="parquet")
+    fs, inner = storage.filesystem(split_dir(data_dir, split))
+    dataset = pads.dataset(inner, format="parquet", filesystem=fs)
     for batch in dataset.to_batches(columns=TRAIN_COLUMNS, batch_size=batch_size):
         yield to_tensors(pa.Table.from_batches([batch]))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from model import metrics
 from model.data import local_batches
 from model.enhance import enhance_array
 from model.net import load_model
-from pipeline import dsp
+from pipeline import dsp, storage
 from pipeline.audio import write_audio
 from pipeline.build import load_manifest, read_dataset_info, render_row
 
@@ -153,7 +152,7 @@ def evaluate(data_dir: str, model_path: str, out_dir: str, max_mixtures: int | N
     cpus = int(ray.cluster_resources().get("CPU", 1))
     per_mixture = (
         ray.data.from_items(rows, override_num_blocks=len(rows))
-        .map(_Evaluator, fn_constructor_kwargs={"model_path": str(Path(model_path).resolve())},
+        .map(_Evaluator, fn_constructor_kwargs={"model_path": storage.resolve(model_path)},
              compute=ray.data.ActorPoolStrategy(size=max(1, min(cpus, len(rows)))))
         .take_all()
     )
@@ -172,9 +171,9 @@ def evaluate(data_dir: str, model_path: str, out_dir: str, max_mixtures: int | N
         "per_mixture": per_mixture,
     }
     report["samples"] = _write_samples(model, rows, out, samples)
-    run_dir = Path(model_path).parent
-    if (run_dir / "loss_curve.png").exists():
-        shutil.copy(run_dir / "loss_curve.png", out / "loss_curve.png")
+    curve = storage.join(storage.resolve(model_path).rsplit("/", 1)[0], "loss_curve.png")
+    if storage.is_file(curve):
+        (out / "loss_curve.png").write_bytes(storage.read_bytes(curve))
         report["loss_curve"] = "loss_curve.png"
     report["seconds"] = time.time() - started
     (out / "metrics.json").write_text(json.dumps(report, indent=2))

@@ -13,13 +13,13 @@ All layers are convolutions with same padding, so any number of frames works.
 
 from __future__ import annotations
 
+import io
 import os
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from pipeline import dsp
+from pipeline import dsp, storage
 
 FORMAT_VERSION = 1
 LOG_EPS = 1e-3
@@ -117,17 +117,15 @@ def save_model(path: str | os.PathLike, model: nn.Module, **extra: float | int |
         "stft": {"n_fft": dsp.N_FFT, "hop": dsp.HOP, "window": "hann"},
         **extra,
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    storage.write_bytes(path, buffer.getvalue())  # local: temp file, then rename
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """Rebuild a saved model (eval mode) and return it with its metadata."""
     try:
-        payload = torch.load(path, map_location=device, weights_only=True)
+        payload = torch.load(io.BytesIO(storage.read_bytes(path)), map_location=device, weights_only=True)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such model file") from None
     except Exception as exc:

@@ -16,10 +16,9 @@ the same command resumes from the latest checkpoint (Ray restores the run from
 from __future__ import annotations
 
 import csv
-import json
+import io
 import math
 import os
-import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -30,6 +29,7 @@ import torch.distributed as dist
 from torch import nn
 
 from model.net import DEFAULT_WIDTHS, build_model, save_model
+from pipeline import storage
 from pipeline.build import read_dataset_info
 
 BEST_MODEL = "cnn_enhancer_best.pth"
@@ -147,6 +147,13 @@ def train_loop_per_worker(config: dict) -> None:
         state = saved["train_state"]
     if state["stopped"] or state["epoch"] >= config["epochs"]:
         return  # a finished run: nothing left to do
+    # Which Ray node each rank runs on (results.json shows how a run was spread).
+    state["worker_nodes"] = [None] * context.get_world_size()
+    node = ray.get_runtime_context().get_node_id()
+    if dist.is_available() and dist.is_initialized():
+        dist.all_gather_object(state["worker_nodes"], node)
+    else:
+        state["worker_nodes"] = [node]
     start_steps = _adam_steps(optimizer)
 
     train_shard = ray.train.get_dataset_shard("train")
@@ -244,15 +251,14 @@ def _worker_resources(cpus: float, use_gpu: bool) -> dict:
     return resources
 
 
-def _check_run_dir(out: Path, config: dict, overwrite: bool) -> None:
-    saved_path = out / "config.json"
-    if overwrite and out.exists():
+def _check_run_dir(out: str, config: dict, overwrite: bool) -> None:
+    saved_path = storage.join(out, "config.json")
+    if overwrite:
         for name in (RAY_RUN_NAME, BEST_MODEL, "config.json", "history.csv", "loss_curve.png", "results.json"):
-            target = out / name
-            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+            storage.delete(storage.join(out, name))
         return
-    if saved_path.exists():
-        saved = json.loads(saved_path.read_text())
+    if storage.is_file(saved_path):
+        saved = storage.read_json(saved_path)
         # config.json also records derived values (threads, versions): compare settings only.
         changed = sorted(k for k in config if k not in RESUMABLE_KEYS and saved.get(k) != config[k])
         if changed:
@@ -273,10 +279,10 @@ def train(cfg: TrainConfig, overwrite: bool = False, log=print, callbacks: list 
     from speech_enhance.raysetup import init_ray
 
     dataset_info = read_dataset_info(cfg.data)
-    out = Path(cfg.out).resolve()
+    out = storage.resolve(cfg.out)  # a local folder or a URI (s3://...) on shared storage
     config = cfg.to_dict()
     _check_run_dir(out, config, overwrite)
-    out.mkdir(parents=True, exist_ok=True)
+    storage.make_dirs(out)
     init_ray()
     # Per-epoch lines are the progress report; Ray Data's bars would repeat per epoch.
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -284,7 +290,7 @@ def train(cfg: TrainConfig, overwrite: bool = False, log=print, callbacks: list 
     cpus, threads = _resources(cfg, use_gpu)
     effective = {**config, "use_gpu": use_gpu, "cpus_reserved_per_worker": cpus, "torch_threads": threads,
                  "dataset": dataset_info["config"], "ray": ray.__version__, "torch": torch.__version__}
-    (out / "config.json").write_text(json.dumps(effective, indent=2))
+    storage.write_json(storage.join(out, "config.json"), effective)
     log(f"training {cfg.arch} {cfg.widths} on {cfg.workers} {'GPU' if use_gpu else 'CPU'} worker(s) "
         f"({cpus:g} CPU reserved and {threads} torch threads each); run folder {out}")
     trainer = TorchTrainer(
@@ -311,13 +317,14 @@ def train(cfg: TrainConfig, overwrite: bool = False, log=print, callbacks: list 
         summary = str(err).strip().splitlines()
         raise TrainError(
             f"training failed ({summary[0] if summary else type(err).__name__}); "
-            f"re-run the same command to resume from the last checkpoint in {out / RAY_RUN_NAME}"
+            f"re-run the same command to resume from the last checkpoint in {storage.join(out, RAY_RUN_NAME)}"
         ) from err
     return export_run(result, out, cfg, log)
 
 
-def export_run(result, out: Path, cfg: TrainConfig, log=print) -> dict:  # noqa: ANN001
-    """Best checkpoint → cnn_enhancer_best.pth; history.csv, loss_curve.png, results.json."""
+def export_run(result, out: str, cfg: TrainConfig, log=print) -> dict:  # noqa: ANN001
+    """Best checkpoint → cnn_enhancer_best.pth; history.csv, loss_curve.png, results.json
+    (``out``: a local folder or a URI)."""
     from model.evaluate import identity_l1, test_l1
 
     if result.error:
@@ -328,24 +335,28 @@ def export_run(result, out: Path, cfg: TrainConfig, log=print) -> dict:  # noqa:
     best = _load_state(best_ckpt)
     model = build_model(cfg.arch, cfg.widths)
     model.load_state_dict(best["model"])
-    save_model(out / BEST_MODEL, model, epoch=int(best_metrics["epoch"]), val_loss=float(best_metrics["val_loss"]))
-    _write_history(out / "history.csv", history)
-    plot_loss_curve(history, out / "loss_curve.png")
+    save_model(storage.join(out, BEST_MODEL), model, epoch=int(best_metrics["epoch"]),
+               val_loss=float(best_metrics["val_loss"]))
+    storage.write_text(storage.join(out, "history.csv"), history_csv(history))
+    with tempfile.TemporaryDirectory() as tmp:
+        plot_loss_curve(history, Path(tmp) / "loss_curve.png")
+        storage.upload(Path(tmp) / "loss_curve.png", storage.join(out, "loss_curve.png"))
     model.eval()
     results = {
         "best_epoch": int(best_metrics["epoch"]),
         "best_val_loss": float(best_metrics["val_loss"]),
         "epochs_run": len(history),
         "early_stopped": bool(latest["train_state"]["stopped"]),
+        "worker_nodes": latest["train_state"].get("worker_nodes", []),
         "val_loss_identity_mask": identity_l1(cfg.data, "val"),
         "test_loss": test_l1(model, cfg.data),
         "test_loss_identity_mask": identity_l1(cfg.data, "test"),
     }
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    storage.write_json(storage.join(out, "results.json"), results)
     log(f"best epoch {results['best_epoch']}: val L1 {results['best_val_loss']:.6f} "
         f"(identity mask {results['val_loss_identity_mask']:.6f}); "
         f"test L1 {results['test_loss']:.6f} (identity mask {results['test_loss_identity_mask']:.6f})")
-    log(f"wrote {out / BEST_MODEL}, history.csv, loss_curve.png, results.json")
+    log(f"wrote {storage.join(out, BEST_MODEL)}, history.csv, loss_curve.png, results.json")
     return results
 
 
@@ -354,12 +365,13 @@ def _load_state(checkpoint) -> dict:  # noqa: ANN001
         return torch.load(Path(ckpt_dir) / "state.pt", map_location="cpu", weights_only=True)
 
 
-def _write_history(path: Path, history: list[dict]) -> None:
+def history_csv(history: list[dict]) -> str:
     fields = ["epoch", "train_loss", "val_loss", "lr", "seconds", "patches_per_s"]
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(history)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    return text.getvalue()
 
 
 def plot_loss_curve(history: list[dict], path: Path) -> None:

@@ -15,7 +15,6 @@ import functools
 import json
 import os
 import platform
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import audio, dsp, store
+from pipeline import audio, dsp, storage, store
 from pipeline.plan import SPLITS, MixturePlan, SourceFile, as_rows, plan_mixtures
 
 FORMAT_VERSION = 1
@@ -58,6 +57,12 @@ class BuildConfig:
     dtype: str = "float32"
     split_noise: bool = True
     speaker_regex: str | None = None
+    # Test hook, not part of the dataset config (also read from the environment variable
+    # SPEECH_ENHANCE_FAULT_INJECTION as JSON): {"marker": path} makes the first file
+    # job's worker process die once, before it writes, to exercise Ray's task retries;
+    # {"delay_s": s} makes every file job take s seconds longer, so tests can interrupt
+    # a build or remove a node while it runs.
+    fault_injection: dict | None = None
 
     def effective(self) -> dict:
         """The config as recorded in dataset.json (paths resolved, defaults filled)."""
@@ -85,18 +90,12 @@ def default_rows_per_file(dtype: str) -> int:
     return max(1, DEFAULT_FILE_BYTES // row_bytes)
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
-
-
 def read_dataset_info(data_dir: str | os.PathLike) -> dict:
     """dataset.json of a finished build, or :class:`BuildError` saying what is wrong."""
-    path = Path(data_dir) / "dataset.json"
-    if not path.exists():
+    path = storage.join(data_dir, "dataset.json")
+    if not storage.is_file(path):
         raise BuildError(f"{data_dir}: no dataset.json - not a dataset built by `speech-enhance build`")
-    info = json.loads(path.read_text())
+    info = storage.read_json(path)
     if not info.get("complete"):
         raise BuildError(f"{data_dir}: the build did not finish (dataset.json says incomplete); rebuild with --overwrite")
     return info
@@ -146,13 +145,11 @@ def write_patch_file(rows: list[dict], path: str | os.PathLike, dtype: str = "fl
     Mixtures are rendered and written one row group at a time, so memory stays at a
     few mixtures whatever the file size. The file appears under its final name only
     when complete (temp file, then rename), and its name comes from the manifest, so a
-    retried task replaces it instead of duplicating rows. Returns, per mixture, what
-    the manifest needs from the worker: gain, measured SNR and patch count."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    retried task replaces it instead of duplicating rows. ``path`` may be a URI
+    (:mod:`pipeline.storage`). Returns, per mixture, what the manifest needs from the
+    worker: gain, measured SNR and patch count."""
     results, pending, pending_rows, writer = [], [], 0, None
-    try:
+    with storage.open_output(path) as sink:
         for row in rows:
             columns, mix = mixture_patch_columns(row, dtype)
             count = len(columns["mixture_id"])
@@ -161,22 +158,19 @@ def write_patch_file(rows: list[dict], path: str | os.PathLike, dtype: str = "fl
             pending.append(columns)
             pending_rows += count
             if pending_rows >= ROW_GROUP_ROWS:
-                writer = _flush(writer, tmp, pending)
+                writer = _flush(writer, sink, pending)
                 pending, pending_rows = [], 0
         if pending:
-            writer = _flush(writer, tmp, pending)
+            writer = _flush(writer, sink, pending)
         writer.close()
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return results
 
 
-def _flush(writer: pq.ParquetWriter | None, tmp: Path, pending: list[dict]) -> pq.ParquetWriter:
+def _flush(writer: pq.ParquetWriter | None, sink: pa.NativeFile, pending: list[dict]) -> pq.ParquetWriter:
     """Write the pending mixtures as one row group, opening the file on first use."""
     table = store.to_arrow({k: np.concatenate([p[k] for p in pending]) for k in pending[0]})
     if writer is None:
-        writer = pq.ParquetWriter(tmp, table.schema, **PARQUET_ARGS)
+        writer = pq.ParquetWriter(sink, table.schema, **PARQUET_ARGS)
     writer.write_table(table)
     return writer
 
@@ -185,9 +179,18 @@ def patch_file_name(first_mixture_id: int) -> str:
     return f"part-{first_mixture_id:08d}.parquet"
 
 
-def _write_job(job: dict, dtype: str) -> list[dict]:
-    """Ray Data UDF: one file job (a path and its manifest rows) → per-mixture results."""
-    return write_patch_file(job["mixtures"], job["path"], dtype)
+def _write_job(job: dict, dtype: str, fault_injection: dict | None = None) -> list[dict]:
+    """Ray Data UDF: one file job (a path and its manifest rows) → per-mixture results,
+    each tagged with the Ray node that wrote it."""
+    import ray
+
+    fault = fault_injection or {}
+    if "marker" in fault and job["index"] == 0 and not os.path.exists(fault["marker"]):
+        Path(fault["marker"]).write_text("worker killed\n")
+        os._exit(1)  # a hard crash, as a killed worker process would die
+    time.sleep(fault.get("delay_s", 0))
+    node = ray.get_runtime_context().get_node_id()
+    return [{**r, "node": node} for r in write_patch_file(job["mixtures"], job["path"], dtype)]
 
 
 def probe_file(row: dict) -> dict:
@@ -200,25 +203,21 @@ def probe_file(row: dict) -> dict:
 
 
 # ---------------------------------------------------------------- driver side
-def _existing_state(out: Path, config: dict, overwrite: bool) -> str:
+def _existing_state(out: str, config: dict, overwrite: bool) -> str:
     """"fresh", "up-to-date", or raise; with ``overwrite`` clears what a build wrote."""
-    info_path = out / "dataset.json"
-    if not out.exists() or not any(out.iterdir()):
+    info_path = storage.join(out, "dataset.json")
+    if storage.is_empty_dir(out):
         return "fresh"
-    if info_path.exists() and not overwrite:
-        info = json.loads(info_path.read_text())
+    if storage.is_file(info_path) and not overwrite:
+        info = storage.read_json(info_path)
         if info.get("complete") and info.get("config") == config:
             return "up-to-date"
         why = "was built with a different config" if info.get("complete") else "holds an unfinished build"
         raise BuildError(f"{out} {why}; pass --overwrite to replace it")
     if not overwrite:
         raise BuildError(f"{out} is not empty and is not a dataset; choose another --out or pass --overwrite")
-    for name in (*SPLITS, "manifest.parquet", "dataset.json", "dataset.json.tmp"):
-        target = out / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
+    for name in (*SPLITS, "manifest.parquet", "dataset.json"):
+        storage.delete(storage.join(out, name))
     return "fresh"
 
 
@@ -285,7 +284,7 @@ def _versions() -> dict:
     }
 
 
-def file_jobs(rows: list[dict], out: Path, rows_per_file: int) -> list[dict]:
+def file_jobs(rows: list[dict], out: str, rows_per_file: int) -> list[dict]:
     """Group each split's mixtures into files of about ``rows_per_file`` patch rows."""
     jobs = []
     for split in SPLITS:
@@ -296,11 +295,12 @@ def file_jobs(rows: list[dict], out: Path, rows_per_file: int) -> list[dict]:
         per_file = max(1, round(rows_per_file / mean_patches))
         for start in range(0, len(split_rows), per_file):
             chunk = split_rows[start : start + per_file]
-            jobs.append({"path": str(out / split / patch_file_name(chunk[0]["mixture_id"])), "mixtures": chunk})
+            jobs.append({"index": len(jobs), "path": storage.join(out, split, patch_file_name(chunk[0]["mixture_id"])),
+                         "mixtures": chunk})
     return jobs
 
 
-def _write_files(jobs: list[dict], dtype: str) -> list[dict]:
+def _write_files(jobs: list[dict], dtype: str, fault_injection: dict | None = None) -> list[dict]:
     """Fan the file jobs of every split out over Ray in one dataset.
 
     Writing inside the worker (rather than ``Dataset.write_parquet``) keeps the patch
@@ -310,7 +310,7 @@ def _write_files(jobs: list[dict], dtype: str) -> list[dict]:
     import ray
 
     ds = ray.data.from_items(jobs, override_num_blocks=len(jobs))
-    return ds.flat_map(_write_job, fn_kwargs={"dtype": dtype}).take_all()
+    return ds.flat_map(_write_job, fn_kwargs={"dtype": dtype, "fault_injection": fault_injection}).take_all()
 
 
 def build_dataset(cfg: BuildConfig, overwrite: bool = False, log=print) -> dict:  # noqa: ANN001
@@ -320,11 +320,11 @@ def build_dataset(cfg: BuildConfig, overwrite: bool = False, log=print) -> dict:
     from speech_enhance.raysetup import init_ray
 
     config = cfg.effective()
-    out = Path(cfg.out_dir)
+    out = storage.resolve(cfg.out_dir)
     state = _existing_state(out, config, overwrite)
     if state == "up-to-date":
         log(f"{out}: dataset is complete and built with the same config - nothing to do")
-        return json.loads((out / "dataset.json").read_text())
+        return storage.read_json(storage.join(out, "dataset.json"))
     started = time.time()
     init_ray()
     clean, noise, skipped = _probe_inputs(cfg)
@@ -342,7 +342,7 @@ def build_dataset(cfg: BuildConfig, overwrite: bool = False, log=print) -> dict:
     )
     for w in warnings:
         log(f"warning: {w}")
-    out.mkdir(parents=True, exist_ok=True)
+    storage.make_dirs(out)
     info = {
         "complete": False,
         "config": config,
@@ -352,8 +352,9 @@ def build_dataset(cfg: BuildConfig, overwrite: bool = False, log=print) -> dict:
         "skipped": skipped,
         "warnings": warnings,
     }
-    write_json_atomic(out / "dataset.json", info)
-    results = _write_files(file_jobs(as_rows(mixtures), out, config["rows_per_file"]), config["dtype"])
+    storage.write_json(storage.join(out, "dataset.json"), info)
+    fault = cfg.fault_injection or json.loads(os.environ.get("SPEECH_ENHANCE_FAULT_INJECTION", "null"))
+    results = _write_files(file_jobs(as_rows(mixtures), out, config["rows_per_file"]), config["dtype"], fault)
     manifest, splits = _finish_manifest(out, mixtures, results)
     seconds = time.time() - started
     audio_seconds = sum(m.n_samples for m in mixtures) / dsp.SAMPLE_RATE
@@ -368,10 +369,12 @@ def build_dataset(cfg: BuildConfig, overwrite: bool = False, log=print) -> dict:
         seconds=seconds,
         mixture_seconds_per_second=audio_seconds / seconds,
         ray_cluster_cpus=ray.cluster_resources().get("CPU", 0),
+        mixtures_per_node=_count_by(results, "node"),
     )
-    pq.write_table(manifest, out / "manifest.parquet")
+    with storage.open_output(storage.join(out, "manifest.parquet")) as f:
+        pq.write_table(manifest, f)
     info["complete"] = True  # written last: a crash before here never looks complete
-    write_json_atomic(out / "dataset.json", info)
+    storage.write_json(storage.join(out, "dataset.json"), info)
     t = info["totals"]
     log(
         f"done: {t['mixtures']} mixtures, {t['patches']} patches, {t['bytes'] / 2**20:.1f} MiB in "
@@ -384,7 +387,14 @@ def build_dataset(cfg: BuildConfig, overwrite: bool = False, log=print) -> dict:
     return info
 
 
-def _finish_manifest(out: Path, mixtures: list[MixturePlan], results: list[dict]) -> tuple[pa.Table, dict]:
+def _count_by(rows: list[dict], key: str) -> dict:
+    counts: dict = {}
+    for r in rows:
+        counts[r[key]] = counts.get(r[key], 0) + 1
+    return counts
+
+
+def _finish_manifest(out: str, mixtures: list[MixturePlan], results: list[dict]) -> tuple[pa.Table, dict]:
     """Join the workers' per-mixture results (gain, measured SNR) into the manifest and
     check that every planned mixture was written exactly once, whole."""
     by_id = {int(r["mixture_id"]): r for r in results}
@@ -399,11 +409,11 @@ def _finish_manifest(out: Path, mixtures: list[MixturePlan], results: list[dict]
     splits = {}
     for split in SPLITS:
         planned = [r for r in rows if r["split"] == split]
-        files = sorted((out / split).glob("*.parquet"))
+        files = storage.list_files(storage.join(out, split), ".parquet")
         splits[split] = {
             "mixtures": len(planned),
             "patches": sum(r["n_patches"] for r in planned),
-            "bytes": sum(f.stat().st_size for f in files),
+            "bytes": sum(size for _, size in files),
             "files": len(files),
         }
     return pa.Table.from_pylist(rows), splits
@@ -411,4 +421,4 @@ def _finish_manifest(out: Path, mixtures: list[MixturePlan], results: list[dict]
 
 def load_manifest(data_dir: str | os.PathLike) -> list[dict]:
     """Manifest rows of a finished dataset."""
-    return pq.read_table(Path(data_dir) / "manifest.parquet").to_pylist()
+    return pq.read_table(storage.join(data_dir, "manifest.parquet")).to_pylist()

@@ -90,12 +90,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _load_config_file(path: str) -> dict:
-    import json
-
     from model.train import TrainConfig
+    from pipeline import storage
 
-    with open(path) as f:
-        data = json.load(f)
+    data = storage.read_json(path)  # a local file or a URI (s3://.../best_config.json)
     data = data.get("config", data)  # best_config.json wraps the parameters
     return {k: v for k, v in data.items() if k in TrainConfig.__dataclass_fields__ and k not in ("data", "out")}
 

@@ -13,8 +13,33 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 
 @pytest.fixture(scope="session")
-def ray_session():
-    """One local Ray instance (2 CPUs) shared by every test that needs Ray."""
+def s3_server():
+    """A local S3-compatible server (moto) for the whole session, with a bucket.
+
+    Its endpoint and dummy credentials go into the environment before Ray starts,
+    so Ray's workers (and pyarrow in them) reach it through plain ``s3://`` URIs,
+    exactly as on AWS with real credentials."""
+    import logging
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    os.environ.update(AWS_ENDPOINT_URL=f"http://{host}:{port}", AWS_ACCESS_KEY_ID="testing",
+                      AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+    boto3.client("s3").create_bucket(Bucket="speech-enhance-test")
+    yield "s3://speech-enhance-test"
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_session(s3_server):
+    """One local Ray instance (2 CPUs) shared by every test that needs Ray. It starts
+    after the S3 server so that its workers see the endpoint. tests/test_multinode.py
+    swaps in a multi-node cluster for its module and restores this one afterwards."""
     import ray
 
     from speech_enhance.raysetup import init_ray

@@ -130,3 +130,14 @@ def test_eval_only_float16_build_via_cli(ray_session, tiny_corpus, tmp_path):
     (out / "dataset.json").write_text(json.dumps(info))
     assert main(args) == 1
     assert main([*args, "--overwrite"]) == 0
+
+
+def test_killed_worker_is_retried_and_dataset_is_identical(built, tiny_corpus, tmp_path):
+    out, _ = built
+    clean, noise = tiny_corpus
+    marker = tmp_path / "killed"
+    other = tmp_path / "retried"
+    _build(clean, noise, other, fault_injection={"marker": str(marker)})
+    assert marker.exists()  # a worker process really died mid-build ...
+    for split in ("train", "val", "test"):  # ... and no patch row is missing or duplicated
+        assert _patches(out, split).equals(_patches(other, split))

@@ -11,13 +11,14 @@ it without repeating finished trials.
 from __future__ import annotations
 
 import csv
-import json
+import io
 import math
-import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from model.train import BEST_MODEL, TrainConfig
+from pipeline import storage
 from tune.space import load_space, to_tune, train_settings
 
 EXPERIMENT = "ray"
@@ -45,9 +46,9 @@ def run_trial(params: dict) -> None:
     from model.train import train
 
     fixed = params["_fixed"]
-    trial_dir = Path(fixed["out"]) / "trials" / tune.get_context().get_trial_name()
+    trial_dir = storage.join(fixed["out"], "trials", tune.get_context().get_trial_name())
     cfg = TrainConfig(
-        data=fixed["data"], out=str(trial_dir), epochs=fixed["epochs"], workers=fixed["workers"],
+        data=fixed["data"], out=trial_dir, epochs=fixed["epochs"], workers=fixed["workers"],
         gpu="yes" if fixed["gpus"] else "no", seed=fixed["seed"], torch_threads=fixed["torch_threads"],
         cpus_per_worker=fixed["cpus_per_worker"],
         **train_settings({k: v for k, v in params.items() if k != "_fixed"}),
@@ -93,22 +94,22 @@ def search(cfg: TuneConfig, log=print) -> dict:  # noqa: ANN001
     from speech_enhance.raysetup import init_ray
 
     read_dataset_info(cfg.data)  # fail early on a missing or unfinished dataset
-    out = Path(cfg.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    out = storage.resolve(cfg.out)  # a local folder or a URI (s3://...)
+    storage.make_dirs(out)
     init_ray()
     ray.data.DataContext.get_current().enable_progress_bars = False
     space = load_space(cfg.space)
     concurrent, worker_cpus, threads = _concurrency(cfg)
-    fixed = {"data": str(Path(cfg.data).resolve()), "out": str(out), "epochs": cfg.epochs,
+    fixed = {"data": storage.resolve(cfg.data), "out": out, "epochs": cfg.epochs,
              "workers": cfg.workers_per_trial, "gpus": cfg.gpus_per_trial, "seed": cfg.seed,
              "torch_threads": threads, "cpus_per_worker": worker_cpus}
     # The trial's driver function reserves nothing but a token (a bundle needs some
     # resource); see _concurrency for where the CPUs go.
     trainable = tune.with_resources(run_trial, tune.PlacementGroupFactory([{"CPU": 0, "memory": 2**20}]))
-    experiment = out / EXPERIMENT
-    if tune.Tuner.can_restore(str(experiment)):
+    experiment = storage.join(out, EXPERIMENT)
+    if tune.Tuner.can_restore(experiment):
         log(f"resuming the search in {experiment}")
-        tuner = tune.Tuner.restore(str(experiment), trainable, resume_errored=True)
+        tuner = tune.Tuner.restore(experiment, trainable, resume_errored=True)
     else:
         log(f"searching {cfg.samples} trials, {concurrent} at a time, {cfg.epochs} epochs max each")
         searcher = ConcurrencyLimiter(OptunaSearch(seed=cfg.seed), max_concurrent=concurrent)
@@ -121,7 +122,7 @@ def search(cfg: TuneConfig, log=print) -> dict:  # noqa: ANN001
                 scheduler=ASHAScheduler(time_attr="training_iteration", max_t=cfg.epochs,
                                         grace_period=min(cfg.grace_period, cfg.epochs), reduction_factor=2),
             ),
-            run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(out),
+            run_config=tune.RunConfig(name=EXPERIMENT, storage_path=out,
                                       failure_config=tune.FailureConfig(max_failures=1)),
         )
     results = tuner.fit()
@@ -132,7 +133,7 @@ def _trial_name(trial) -> str:  # noqa: ANN001
     return f"trial_{trial.trial_id}"
 
 
-def write_outputs(results, out: Path, cfg: TuneConfig, log=print) -> dict:  # noqa: ANN001
+def write_outputs(results, out: str, cfg: TuneConfig, log=print) -> dict:  # noqa: ANN001
     rows = []
     for result in results:
         df = result.metrics_dataframe
@@ -146,41 +147,44 @@ def write_outputs(results, out: Path, cfg: TuneConfig, log=print) -> dict:  # no
             status = "stopped by ASHA"
         else:
             status = "early-stopped" if stopped_early else "completed"
-        name = Path(result.path).name
-        rows.append({"trial_id": name, "trial_dir": str(out / "trials" / name), **params,
+        name = storage.name(result.path)
+        rows.append({"trial_id": name, "trial_dir": storage.join(out, "trials", name), **params,
                      "best_val_loss": best_val, "epochs_run": epochs, "status": status})
     rows.sort(key=lambda r: (math.isnan(r["best_val_loss"]), r["best_val_loss"]))
     fields = list(dict.fromkeys(k for r in rows for k in r))
-    with (out / "trials.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    storage.write_text(storage.join(out, "trials.csv"), table.getvalue())
     best = rows[0]
     params = {k: best[k] for k in fields if k not in ("trial_id", "trial_dir", "best_val_loss", "epochs_run", "status")}
     settings = train_settings(params)
-    (out / "best_config.json").write_text(json.dumps(
-        {"config": settings, "params": params, "best_val_loss": best["best_val_loss"], "trial_id": best["trial_id"],
-         "epochs_run": best["epochs_run"]}, indent=2, default=str))
-    _export_best_model(Path(best["trial_dir"]), out / "best" / BEST_MODEL)
-    plot_trials(rows, out / "trials.png")
+    storage.write_json(storage.join(out, "best_config.json"), {
+        "config": settings, "params": params, "best_val_loss": best["best_val_loss"], "trial_id": best["trial_id"],
+        "epochs_run": best["epochs_run"]})
+    _export_best_model(best["trial_dir"], storage.join(out, "best", BEST_MODEL))
+    with tempfile.TemporaryDirectory() as tmp:
+        plot_trials(rows, Path(tmp) / "trials.png")
+        storage.upload(Path(tmp) / "trials.png", storage.join(out, "trials.png"))
     log(f"{len(rows)} trials; best val L1 {best['best_val_loss']:.6f} with {settings}")
-    log(f"wrote {out / 'trials.csv'}, best_config.json, best/{BEST_MODEL}, trials.png")
+    log(f"wrote {storage.join(out, 'trials.csv')}, best_config.json, best/{BEST_MODEL}, trials.png")
     return {"trials": rows, "best": best}
 
 
-def _export_best_model(trial_dir: Path, dest: Path) -> None:
-    """Copy the trial's exported model, or (for a trial ASHA stopped before it could
+def _export_best_model(trial_dir: str, dest: str) -> None:
+    """Copy the trial's exported model, or (for a trial Tune stopped before it could
     export) rebuild it from its best checkpoint."""
     import torch
 
     from model.net import build_model, save_model
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    if (trial_dir / BEST_MODEL).exists():
-        shutil.copy(trial_dir / BEST_MODEL, dest)
+    if storage.is_file(storage.join(trial_dir, BEST_MODEL)):
+        storage.write_bytes(dest, storage.read_bytes(storage.join(trial_dir, BEST_MODEL)))
         return
-    states = [torch.load(p / "state.pt", map_location="cpu", weights_only=True)
-              for p in (trial_dir / "ray").glob("checkpoint_*") if p.is_dir()]
+    states = [torch.load(io.BytesIO(storage.read_bytes(path)), map_location="cpu", weights_only=True)
+              for path, _ in storage.list_files(storage.join(trial_dir, "ray"), "state.pt", recursive=True)
+              if "/checkpoint_" in path]
     if not states:
         raise FileNotFoundError(f"{trial_dir}: the best trial left no checkpoint")
     best = min(states, key=lambda s: s["train_state"]["history"][-1]["val_loss"])
