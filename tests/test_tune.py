@@ -80,3 +80,21 @@ def test_search_killed_midway_resumes_without_repeating_trials(ray_session, tiny
     assert meta["model_config"]["widths"] == [int(lowest[f"width{i}"]) for i in range(1, 5)] == best["config"]["widths"]
     assert meta["val_loss"] == pytest.approx(float(lowest["best_val_loss"]))
     assert Path(out / "trials.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(("cpus", "gpus", "workers", "gpus_per_trial", "expected"), [
+    (2, 0, 1, 0, (1, 1.0, 2)),    # one trial at a time; one CPU stays free for Ray Data
+    (2, 0, 2, 0, (1, 0.5, 1)),
+    (16, 0, 1, 0, (15, 1.0, 1)),
+    (16, 4, 1, 1, (4, 1.0, 4)),   # GPUs bound the concurrency
+])
+def test_trials_leave_a_cpu_for_ray_data(cpus, gpus, workers, gpus_per_trial, expected):
+    from tune.search import TuneConfig, plan_concurrency
+
+    cfg = TuneConfig(data="d", out="o", samples=20, workers_per_trial=workers, gpus_per_trial=gpus_per_trial)
+    concurrent, worker_cpus, threads = plan_concurrency(cfg, cpus, gpus)
+    assert (concurrent, worker_cpus, threads) == expected
+    if not gpus_per_trial:
+        assert concurrent * workers * worker_cpus <= cpus - 1
+    with pytest.raises(ValueError, match="GPU"):
+        plan_concurrency(TuneConfig(data="d", out="o", gpus_per_trial=1), cpus, 0)

@@ -56,7 +56,7 @@ def run_trial(params: dict) -> None:
     train(cfg, callbacks=[TuneReportCallback()], log=lambda *_: None)
 
 
-def _concurrency(cfg: TuneConfig) -> tuple[int, float, int]:
+def plan_concurrency(cfg: TuneConfig, cpus: float, gpus: float) -> tuple[int, float, int]:
     """(concurrent trials, CPUs each training worker reserves, torch threads per worker).
 
     A trial's driver function only waits on its TorchTrainer, so the trial itself
@@ -65,10 +65,6 @@ def _concurrency(cfg: TuneConfig) -> tuple[int, float, int]:
     placement group, so they need CPUs nobody reserved: one CPU is always left free
     for them (on 2 CPUs, with every CPU reserved by trials, the reads never start).
     Trials never ask for more than exists."""
-    import ray
-
-    cpus = ray.cluster_resources().get("CPU", 1)
-    gpus = ray.cluster_resources().get("GPU", 0)
     workers = cfg.workers_per_trial
     spare = max(cpus - 1, 0.25 * workers)
     worker_cpus = 1.0 if cfg.gpus_per_trial else max(0.25, min(1.0, spare / workers))
@@ -99,12 +95,13 @@ def search(cfg: TuneConfig, log=print) -> dict:  # noqa: ANN001
     init_ray()
     ray.data.DataContext.get_current().enable_progress_bars = False
     space = load_space(cfg.space)
-    concurrent, worker_cpus, threads = _concurrency(cfg)
+    resources = ray.cluster_resources()
+    concurrent, worker_cpus, threads = plan_concurrency(cfg, resources.get("CPU", 1), resources.get("GPU", 0))
     fixed = {"data": storage.resolve(cfg.data), "out": out, "epochs": cfg.epochs,
              "workers": cfg.workers_per_trial, "gpus": cfg.gpus_per_trial, "seed": cfg.seed,
              "torch_threads": threads, "cpus_per_worker": worker_cpus}
     # The trial's driver function reserves nothing but a token (a bundle needs some
-    # resource); see _concurrency for where the CPUs go.
+    # resource); see plan_concurrency for where the CPUs go.
     trainable = tune.with_resources(run_trial, tune.PlacementGroupFactory([{"CPU": 0, "memory": 2**20}]))
     experiment = storage.join(out, EXPERIMENT)
     if tune.Tuner.can_restore(experiment):
