@@ -21,10 +21,18 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "speech_enhance.cli", *args]
 
 
+def _as_from_a_terminal() -> None:
+    """In the child before exec: SIGINT at its default and unblocked, as in a shell's
+    foreground job (the test process may have inherited it ignored or blocked)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def _interrupt_when(command: list[str], ready, log_path, env=None, timeout: float = 300) -> int:  # noqa: ANN001
     """Run ``command``, send it SIGINT (as Ctrl-C does) once ``ready()`` holds; its exit code."""
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                                preexec_fn=_as_from_a_terminal)
         deadline = time.time() + timeout
         while not ready():
             assert proc.poll() is None, f"finished before it could be interrupted: {log_path}"
@@ -38,8 +46,8 @@ def test_interrupted_build_never_looks_complete_and_rebuilds(ray_session, tiny_c
     clean, noise = tiny_corpus
     out = tmp_path / "data"
     args = ["build", "--clean", str(clean), "--noise", str(noise), "--out", str(out), "--snr", "5", "-5",
-            "--rows-per-file", "8", "--address", ray_session.get_runtime_context().gcs_address]
-    slow = {"SPEECH_ENHANCE_FAULT_INJECTION": json.dumps({"delay_s": 1.0})}
+            "--rows-per-file", "2", "--address", ray_session.get_runtime_context().gcs_address]
+    slow = {"SPEECH_ENHANCE_FAULT_INJECTION": json.dumps({"delay_s": 3.0})}  # ~25 s of file jobs
     code = _interrupt_when(_cli(*args), lambda: any(out.glob("*/part-*.parquet")), tmp_path / "build1.log", slow)
     assert code != 0
     with pytest.raises(build.BuildError, match="did not finish"):

@@ -62,8 +62,8 @@ def test_build_survives_losing_a_node(cluster, tiny_corpus, tmp_path):
     reference, faulty = tmp_path / "reference", tmp_path / "faulty"
     assert main(_build_args(clean, noise, reference)) == 0
     codes = []
-    cfg = build.BuildConfig(str(clean), str(noise), str(faulty), snrs=[5.0, -5.0], rows_per_file=8,
-                            fault_injection={"delay_s": 1.0})
+    cfg = build.BuildConfig(str(clean), str(noise), str(faulty), snrs=[5.0, -5.0], rows_per_file=2,
+                            fault_injection={"delay_s": 2.0})
     thread = threading.Thread(target=lambda: codes.append(build.build_dataset(cfg, log=lambda *_: None)))
     thread.start()
     deadline = time.time() + 120

@@ -1,7 +1,8 @@
 """Shared storage: the README's cluster commands against a local S3 server (moto).
 
 build writes the dataset to s3://, train reads it through Ray Data and keeps its
-checkpoints and outputs in s3://, and the best model loads back from its URI."""
+checkpoints and outputs in s3://, the best model loads back from its URI, and a small
+search keeps its experiment, trials and results in s3:// too."""
 
 import pytest
 
@@ -35,3 +36,13 @@ def test_build_and_train_on_s3(ray_session, s3_server, tiny_corpus):
     results = storage.read_json(f"{run}/results.json")
     assert meta["val_loss"] == pytest.approx(results["best_val_loss"])
     assert results["epochs_run"] == 2
+
+    search = f"{s3_server}/tune1"
+    assert main(["tune", "--data", data, "--out", search, "--samples", "2", "--epochs", "1",
+                 "--address", address]) == 0
+    for name in ("trials.csv", "best_config.json", "best/cnn_enhancer_best.pth", "trials.png"):
+        assert storage.is_file(f"{search}/{name}"), name
+    assert len(storage.read_text(f"{search}/trials.csv").strip().splitlines()) == 3
+    best = storage.read_json(f"{search}/best_config.json")
+    model, meta = load_model(f"{search}/best/cnn_enhancer_best.pth")
+    assert meta["model_config"]["widths"] == best["config"]["widths"]

@@ -38,9 +38,24 @@ def _wait_for(predicate, timeout: float, proc: subprocess.Popen) -> None:
         time.sleep(1)
 
 
+def _finished_trials(out: Path) -> dict[str, float]:
+    """trial id -> val loss of the trials that Tune's saved experiment state lists as finished."""
+    finished = {}
+    for state in (out / "ray").glob("experiment_state-*.json"):
+        try:
+            trials = json.loads(state.read_text())["trial_data"]
+        except (json.JSONDecodeError, KeyError):
+            continue  # being written
+        for meta, runtime in trials:
+            meta, runtime = json.loads(meta), json.loads(runtime)
+            if meta.get("status") == "TERMINATED":
+                finished[meta["trial_id"]] = runtime["last_result"]["val_loss"]
+    return finished
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_search_killed_midway_resumes_without_repeating_trials(ray_session, tiny_dataset, tmp_path):
+def test_search_killed_midway_resumes_without_repeating_trials(ray_session, tiny_dataset, tmp_path, monkeypatch):
     """Three 1-epoch trials, one at a time on 2 CPUs (no Ray Data starvation). The CLI
     is killed (SIGKILL) once the first trial has finished; re-running the same command
     keeps that trial and completes the search."""
@@ -53,23 +68,24 @@ def test_search_killed_midway_resumes_without_repeating_trials(ray_session, tiny
     log = (tmp_path / "first.log").open("w")
     first = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        # A second trial folder appears once the first trial has finished (one at a time).
-        _wait_for(lambda: len(list((out / "trials").glob("trial_*"))) >= 2, 400, first)
-        time.sleep(3)
-        finished = [p for p in (out / "ray").glob("trial_*/result.json") if p.read_text().strip()]
-        assert len(finished) == 1
-        finished_result = finished[0].read_text()
+        # Killed as soon as Tune's saved state records the first trial as finished.
+        _wait_for(lambda: _finished_trials(out), 400, first)
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
     assert not (out / "trials.csv").exists()
+    (finished_id, finished_val), = _finished_trials(out).items()
+    trial_dir = out / "trials" / f"trial_{finished_id}"
+    files_before = {p: p.stat().st_mtime_ns for p in trial_dir.rglob("*") if p.is_file()}
 
     subprocess.run(command, check=True, stdout=(tmp_path / "second.log").open("w"), stderr=subprocess.STDOUT,
                    timeout=600)
-    assert finished[0].read_text() == finished_result  # the finished trial was not run again
+    # the finished trial was not run again: its run folder is untouched
+    assert {p: p.stat().st_mtime_ns for p in trial_dir.rglob("*") if p.is_file()} == files_before
     with (out / "trials.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 3 and {r["status"] for r in rows} == {"completed"}
+    assert float(next(r for r in rows if r["trial_id"] == f"trial_{finished_id}")["best_val_loss"]) == finished_val
     assert len({(r["lr"], r["width1"], r["width2"], r["width3"], r["width4"]) for r in rows}) == 3
     assert b"optuna" in next((out / "ray").glob("searcher-state-*.pkl")).read_bytes()
     best = json.loads((out / "best_config.json").read_text())
@@ -80,6 +96,22 @@ def test_search_killed_midway_resumes_without_repeating_trials(ray_session, tiny
     assert meta["model_config"]["widths"] == [int(lowest[f"width{i}"]) for i in range(1, 5)] == best["config"]["widths"]
     assert meta["val_loss"] == pytest.approx(float(lowest["best_val_loss"]))
     assert Path(out / "trials.png").stat().st_size > 0
+    _retrain_uses_best_config(out / "best_config.json", best["config"], tiny_dataset, tmp_path, monkeypatch)
+
+
+def _retrain_uses_best_config(path, expected: dict, data, tmp_path, monkeypatch) -> None:
+    """`train --config best_config.json` trains with the search's best settings
+    (flags given on the command line still win)."""
+    import model.train
+    from speech_enhance.cli import main
+
+    seen = []
+    monkeypatch.setattr(model.train, "train", lambda cfg, **kw: seen.append(cfg))
+    assert main(["train", "--config", str(path), "--data", str(data), "--out", str(tmp_path / "re"),
+                 "--epochs", "1"]) == 0
+    cfg = seen[0]
+    assert cfg.widths == expected["widths"] and cfg.lr == pytest.approx(expected["lr"])
+    assert cfg.epochs == 1 and cfg.data == str(data)
 
 
 @pytest.mark.parametrize(("cpus", "gpus", "workers", "gpus_per_trial", "expected"), [
