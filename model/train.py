@@ -243,8 +243,8 @@ def _resources(cfg: TrainConfig, use_gpu: bool) -> tuple[float, int]:
 
 
 def _worker_resources(cpus: float, use_gpu: bool) -> dict:
-    # With cpus == 0 (a Tune trial whose own bundle holds the CPUs), the bundle still
-    # needs a non-zero resource: a token amount of memory.
+    # With --cpus-per-worker 0 the bundle still needs a non-zero resource: a token
+    # amount of memory.
     resources = {"CPU": cpus} if cpus > 0 or use_gpu else {"CPU": 0, "memory": 2**20}
     if use_gpu:
         resources["GPU"] = 1

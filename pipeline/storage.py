@@ -133,7 +133,7 @@ def open_output(path: PathLike) -> Iterator[pa.NativeFile]:
             staged = os.path.join(tmp, name(path))
             with local_fs.open_output_stream(staged) as f:
                 yield f
-            pafs.copy_files(staged, inner, source_filesystem=local_fs, destination_filesystem=fs)
+            upload(staged, path)
         return
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -160,7 +160,12 @@ def write_json(path: PathLike, data: dict) -> None:
 
 
 def upload(local_file: PathLike, path: PathLike) -> None:
-    """Copy a finished local file to ``path`` (atomically)."""
+    """Copy a finished local file to ``path`` (atomically): a URI receives it directly,
+    a local path through :func:`open_output`'s temporary file."""
+    if is_uri(path):
+        fs, inner = filesystem(path)
+        pafs.copy_files(str(local_file), inner, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+        return
     with open(local_file, "rb") as src, open_output(path) as dst:
         while chunk := src.read(8 * 2**20):
             dst.write(chunk)
