@@ -29,10 +29,14 @@ from pipeline.audio import write_audio
 from pipeline.build import load_manifest, read_dataset_info, render_row
 
 METHODS = ("noisy", "model", "model_limited", "wiener", "spectral_gating")
-# "model_limited": the same model with its mask floored at 0.2, i.e. at most 14 dB of
-# attenuation (`enhance --strength 0.8`). A mask that suppresses everything it doubts
-# buys SI-SDR with intelligibility; this row shows what limiting it trades.
+# "model_limited": the same model with its mask floored (`enhance --strength s`, mask
+# floor 1 - s). A briefly trained mask that suppresses everything it doubts buys SI-SDR
+# with intelligibility; this row shows what limiting it trades. s is chosen on the
+# validation split (never on test): the least limiting strength that keeps STOI at or
+# above the noisy input there. Without a validation split, LIMITED_STRENGTH.
 LIMITED_STRENGTH = 0.8
+STRENGTH_GRID = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
+CALIBRATION_MIXTURES = 24
 METRICS = ("pesq", "stoi", "si_sdr")
 
 
@@ -64,23 +68,24 @@ def _roundtrip(x: np.ndarray) -> np.ndarray:
     return dsp.istft(dsp.stft(x), len(x)).numpy()
 
 
-def enhance_all(model: nn.Module, noisy: np.ndarray) -> dict[str, np.ndarray]:
+def enhance_all(model: nn.Module, noisy: np.ndarray,
+                limited_strength: float = LIMITED_STRENGTH) -> dict[str, np.ndarray]:
     return {
         "noisy": _roundtrip(noisy),
         "model": enhance_array(model, noisy),
-        "model_limited": enhance_array(model, noisy, strength=LIMITED_STRENGTH),
+        "model_limited": enhance_array(model, noisy, strength=limited_strength),
         "wiener": metrics.wiener(noisy),
         "spectral_gating": _roundtrip(metrics.spectral_gating(noisy)),
     }
 
 
-def evaluate_mixture(model: nn.Module, row: dict) -> dict:
+def evaluate_mixture(model: nn.Module, row: dict, limited_strength: float = LIMITED_STRENGTH) -> dict:
     """Metrics of every method on one manifest row."""
     mix = render_row(row)
     reference = _roundtrip(mix.clean)
     out = {"mixture_id": int(row["mixture_id"]), "snr_db": float(row["snr_db"]),
            "noise_type": row["noise_type"], "speaker": row["speaker"]}
-    for method, estimate in enhance_all(model, mix.noisy).items():
+    for method, estimate in enhance_all(model, mix.noisy, limited_strength).items():
         for name, value in metrics.all_metrics(reference, estimate).items():
             out[f"{method}.{name}"] = value
     return out
@@ -89,12 +94,33 @@ def evaluate_mixture(model: nn.Module, row: dict) -> dict:
 class _Evaluator:
     """Ray Data actor: loads the model once, evaluates batches of manifest rows."""
 
-    def __init__(self, model_path: str):
+    def __init__(self, model_path: str, limited_strength: float):
         torch.set_num_threads(1)
         self.model, _ = load_model(model_path)
+        self.limited_strength = limited_strength
 
     def __call__(self, row: dict) -> dict:
-        return evaluate_mixture(self.model, row)
+        return evaluate_mixture(self.model, row, self.limited_strength)
+
+
+def choose_strength(stoi_delta: dict[float, float]) -> float:
+    """The least limiting strength whose mean STOI change over the noisy input is >= 0;
+    if none keeps STOI, the one that loses least."""
+    keeping = [s for s, d in stoi_delta.items() if d >= 0]
+    return max(keeping) if keeping else max(stoi_delta, key=lambda s: (stoi_delta[s], s))
+
+
+def stoi_delta_by_strength(model: nn.Module, rows: list[dict],
+                           grid: tuple[float, ...] = STRENGTH_GRID) -> dict[float, float]:
+    """Mean STOI of the model at each strength minus the noisy input's, over ``rows``."""
+    deltas = {s: [] for s in grid}
+    for row in rows:
+        mix = render_row(row)
+        reference = _roundtrip(mix.clean)
+        noisy = metrics.stoi(reference, _roundtrip(mix.noisy))
+        for s in grid:
+            deltas[s].append(metrics.stoi(reference, enhance_array(model, mix.noisy, strength=s)) - noisy)
+    return {s: float(np.mean(d)) for s, d in deltas.items()}
 
 
 def pick_rows(rows: list[dict], limit: int | None) -> list[dict]:
@@ -146,18 +172,28 @@ def evaluate(data_dir: str, model_path: str, out_dir: str, max_mixtures: int | N
     model, meta = load_model(model_path)
     out = Path(out_dir)
     (out / "samples").mkdir(parents=True, exist_ok=True)
-    test_rows = [r for r in load_manifest(data_dir) if r["split"] == "test"]
+    manifest = load_manifest(data_dir)
+    test_rows = [r for r in manifest if r["split"] == "test"]
     if not test_rows:
         raise ValueError(f"{data_dir}: the test split is empty; nothing to evaluate")
     rows = pick_rows(test_rows, max_mixtures)
     log(f"evaluating {len(rows)} of {len(test_rows)} test mixtures with {model_path}")
     patch_loss = {"model": test_l1(model, data_dir), "identity_mask": identity_l1(data_dir, "test")}
+    val_rows = pick_rows([r for r in manifest if r["split"] == "val"], CALIBRATION_MIXTURES)
+    calibration = {"mixtures": len(val_rows), "stoi_delta": {}, "strength": LIMITED_STRENGTH}
+    if val_rows:
+        calibration["stoi_delta"] = stoi_delta_by_strength(model, val_rows)
+        calibration["strength"] = choose_strength(calibration["stoi_delta"])
+        log(f"mask limit chosen on {len(val_rows)} validation mixtures: strength {calibration['strength']} "
+            f"(validation STOI change by strength: "
+            + ", ".join(f"{s}: {d:+.3f}" for s, d in calibration["stoi_delta"].items()) + ")")
     init_ray()
     ray.data.DataContext.get_current().enable_progress_bars = False
     cpus = int(ray.cluster_resources().get("CPU", 1))
     per_mixture = (
         ray.data.from_items(rows, override_num_blocks=len(rows))
-        .map(_Evaluator, fn_constructor_kwargs={"model_path": storage.resolve(model_path)},
+        .map(_Evaluator, fn_constructor_kwargs={"model_path": storage.resolve(model_path),
+                                                 "limited_strength": calibration["strength"]},
              compute=ray.data.ActorPoolStrategy(size=max(1, min(cpus, len(rows)))))
         .take_all()
     )
@@ -170,13 +206,14 @@ def evaluate(data_dir: str, model_path: str, out_dir: str, max_mixtures: int | N
         "test_mixtures": len(test_rows),
         "evaluated_mixtures": len(rows),
         "patch_l1": patch_loss,
+        "limited_strength": calibration,
         "overall": summarise(per_mixture)["all"],
         "per_snr": summarise(per_mixture, "snr_db"),
         "per_noise_type": summarise(per_mixture, "noise_type"),
         "per_mixture": per_mixture,
     }
     report["samples"] = _write_samples(model, rows, out, samples)
-    curve = storage.join(storage.resolve(model_path).rsplit("/", 1)[0], "loss_curve.png")
+    curve = storage.join(storage.parent(storage.resolve(model_path)), "loss_curve.png")
     if storage.is_file(curve):
         (out / "loss_curve.png").write_bytes(storage.read_bytes(curve))
         report["loss_curve"] = "loss_curve.png"
@@ -185,7 +222,7 @@ def evaluate(data_dir: str, model_path: str, out_dir: str, max_mixtures: int | N
     (out / "report.md").write_text(render_report(report))
     o = report["overall"]
     log("overall  " + "  ".join(
-        f"{m}: noisy {o['noisy'][m]:.3f} model {o['model'][m]:.3f} wiener {o['wiener'][m]:.3f} "
+        f"{m}: noisy {o['noisy'][m]:.3f} model {o['model'][m]:.3f} limited {o['model_limited'][m]:.3f} wiener {o['wiener'][m]:.3f} "
         f"gating {o['spectral_gating'][m]:.3f}" for m in METRICS))
     log(f"report: {out / 'report.md'}")
     return report
@@ -248,10 +285,12 @@ def render_report(report: dict) -> str:
     o = report["overall"]
     best_baseline = max(("wiener", "spectral_gating"), key=lambda m: o[m]["si_sdr"])
     verdict = []
+    strength = report["limited_strength"]["strength"]
+    floor = 1 - strength
     for m, unit in (("si_sdr", " dB"), ("stoi", ""), ("pesq", "")):
         verdict.append(
             f"- {m.upper().replace('_', '-')}: model {o['model'][m]:.3f}{unit} vs noisy {o['noisy'][m]:.3f}{unit} "
-            f"({o['model'][m + '_delta']:+.3f}; with at most 14 dB attenuation "
+            f"({o['model'][m + '_delta']:+.3f}; with the mask floored at {floor:.1f} "
             f"{o['model_limited'][m + '_delta']:+.3f}); Wiener {o['wiener'][m + '_delta']:+.3f}, "
             f"spectral gating {o['spectral_gating'][m + '_delta']:+.3f}"
         )
@@ -299,7 +338,12 @@ def render_report(report: dict) -> str:
             f"[noisy]({s['noisy']}) · [enhanced]({s['enhanced']}) · [clean]({s['clean']})",
             "",
         ]
+    cal = report["limited_strength"]
+    chosen = (f"chosen on {cal['mixtures']} validation mixtures as the least limiting strength that keeps "
+              "their STOI at or above the noisy input's (validation STOI change by strength: "
+              + ", ".join(f"{s}: {d:+.3f}" for s, d in cal["stoi_delta"].items()) + ")"
+              if cal["mixtures"] else "the default (no validation split to choose it on)")
     lines += ["Metrics: wide-band PESQ (P.862.2), STOI, SI-SDR; Δ = method − noisy, averaged per mixture. "
-              f"`model_limited`: the same model with its mask floored at {1 - LIMITED_STRENGTH:.1f} "
-              f"(at most 14 dB attenuation, `enhance --strength {LIMITED_STRENGTH}`).", ""]
+              f"`model_limited`: the same model with its mask floored at {floor:.1f} "
+              f"(`enhance --strength {strength}`), {chosen}.", ""]
     return "\n".join(lines)

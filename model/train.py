@@ -332,11 +332,7 @@ def export_run(result, out: str, cfg: TrainConfig, log=print) -> dict:  # noqa: 
     latest = _load_state(result.checkpoint)
     history = latest["train_state"]["history"]
     best_ckpt, best_metrics = min(result.best_checkpoints, key=lambda cm: cm[1]["val_loss"])
-    best = _load_state(best_ckpt)
-    model = build_model(cfg.arch, cfg.widths)
-    model.load_state_dict(best["model"])
-    save_model(storage.join(out, BEST_MODEL), model, epoch=int(best_metrics["epoch"]),
-               val_loss=float(best_metrics["val_loss"]))
+    model = save_checkpoint_model(_load_state(best_ckpt), storage.join(out, BEST_MODEL))
     storage.write_text(storage.join(out, "history.csv"), history_csv(history))
     with tempfile.TemporaryDirectory() as tmp:
         plot_loss_curve(history, Path(tmp) / "loss_curve.png")
@@ -358,6 +354,16 @@ def export_run(result, out: str, cfg: TrainConfig, log=print) -> dict:  # noqa: 
         f"test L1 {results['test_loss']:.6f} (identity mask {results['test_loss_identity_mask']:.6f})")
     log(f"wrote {storage.join(out, BEST_MODEL)}, history.csv, loss_curve.png, results.json")
     return results
+
+
+def save_checkpoint_model(state: dict, dest: str) -> nn.Module:
+    """Rebuild the model of a training checkpoint's ``state.pt`` and save it as a
+    model file at ``dest``, with the epoch and val loss of that checkpoint."""
+    model = build_model(**state["model_config"])
+    model.load_state_dict(state["model"])
+    last = state["train_state"]["history"][-1]
+    save_model(dest, model, epoch=int(last["epoch"]), val_loss=float(last["val_loss"]))
+    return model
 
 
 def _load_state(checkpoint) -> dict:  # noqa: ANN001

@@ -48,6 +48,14 @@ def name(path: PathLike) -> str:
     return posixpath.basename(str(path).rstrip("/"))
 
 
+def parent(path: PathLike) -> str:
+    """The folder holding ``path`` (a local path or URI)."""
+    if is_uri(path):
+        scheme, _, rest = str(path).rstrip("/").partition("://")
+        return f"{scheme}://{posixpath.dirname(rest)}"
+    return str(Path(path).parent)
+
+
 def filesystem(path: PathLike) -> tuple[pafs.FileSystem, str]:
     """(pyarrow filesystem, path inside it)."""
     if is_uri(path):

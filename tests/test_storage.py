@@ -19,6 +19,7 @@ def test_write_read_list_delete(base):
     storage.write_bytes(storage.join(base, "sub", "b.parquet"), b"12345")
     storage.write_text(storage.join(base, "sub", "deeper", "c.parquet"), "abc")
     assert storage.read_json(storage.join(base, "a.json")) == {"x": 1}
+    assert storage.parent(storage.join(base, "sub", "b.parquet")) == storage.join(base, "sub")
     assert storage.is_file(storage.join(base, "a.json")) and not storage.is_file(storage.join(base, "sub"))
     assert storage.list_files(storage.join(base, "sub"), ".parquet") == [(storage.join(base, "sub", "b.parquet"), 5)]
     assert [p for p, _ in storage.list_files(base, ".parquet", recursive=True)] == [

@@ -179,7 +179,7 @@ def _export_best_model(trial_dir: str, dest: str) -> None:
     export) rebuild it from its best checkpoint."""
     import torch
 
-    from model.net import build_model, save_model
+    from model.train import save_checkpoint_model
 
     if storage.is_file(storage.join(trial_dir, BEST_MODEL)):
         storage.write_bytes(dest, storage.read_bytes(storage.join(trial_dir, BEST_MODEL)))
@@ -189,11 +189,7 @@ def _export_best_model(trial_dir: str, dest: str) -> None:
               if "/checkpoint_" in path]
     if not states:
         raise FileNotFoundError(f"{trial_dir}: the best trial left no checkpoint")
-    best = min(states, key=lambda s: s["train_state"]["history"][-1]["val_loss"])
-    model = build_model(**best["model_config"])
-    model.load_state_dict(best["model"])
-    last = best["train_state"]["history"][-1]
-    save_model(dest, model, epoch=int(last["epoch"]), val_loss=float(last["val_loss"]))
+    save_checkpoint_model(min(states, key=lambda s: s["train_state"]["history"][-1]["val_loss"]), dest)
 
 
 def plot_trials(rows: list[dict], path: Path) -> None:

@@ -1,0 +1,42 @@
+"""evaluate: the report on a tiny dataset, and how the mask limit is chosen."""
+
+import json
+
+import pytest
+import torch
+
+from model import build_model, save_model
+from model.evaluate import METHODS, choose_strength, evaluate
+
+
+def test_choose_strength_takes_the_least_limiting_strength_that_keeps_stoi():
+    assert choose_strength({1.0: -0.05, 0.9: -0.01, 0.8: 0.0, 0.7: 0.01}) == 0.8
+    assert choose_strength({1.0: 0.02, 0.8: 0.03}) == 1.0  # no limit needed
+    assert choose_strength({1.0: -0.05, 0.8: -0.01, 0.6: -0.02}) == 0.8  # none keeps STOI: the least loss
+
+
+@pytest.mark.timeout(300)
+def test_evaluate_writes_report_with_every_method_and_a_validation_chosen_limit(tiny_dataset, tmp_path):
+    torch.manual_seed(0)
+    model = build_model("mask_cnn", [8, 8, 8, 8])
+    model.train()
+    model(torch.rand(2, 1, 257, 64) * 5)  # non-trivial BatchNorm statistics
+    save_model(tmp_path / "model.pth", model.eval(), epoch=1, val_loss=0.1)
+    out = tmp_path / "report"
+    report = evaluate(str(tiny_dataset), str(tmp_path / "model.pth"), str(out), samples=1, log=lambda *_: None)
+
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["evaluated_mixtures"] == saved["test_mixtures"] == len(saved["per_mixture"]) > 0
+    assert set(saved["overall"]) == {"n", *METHODS}
+    cal = saved["limited_strength"]
+    assert cal["mixtures"] > 0 and len(cal["stoi_delta"]) == 6
+    assert cal["strength"] == choose_strength({float(s): d for s, d in cal["stoi_delta"].items()})
+    # The noisy input's SI-SDR is the mixing SNR (clean and noise are uncorrelated).
+    for snr, row in report["per_snr"].items():
+        assert row["noisy"]["si_sdr"] == pytest.approx(float(snr), abs=1.5)
+    assert report["overall"]["noisy"]["stoi_delta"] == 0.0
+    text = (out / "report.md").read_text()
+    assert "chosen on" in text and "validation mixtures" in text and "Per SNR" in text
+    sample = report["samples"][0]
+    for kind in ("noisy", "enhanced", "clean", "figure"):
+        assert (out / sample[kind]).is_file()
