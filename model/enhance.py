@@ -29,22 +29,30 @@ CONTEXT_SAMPLES = 16 * dsp.HOP  # covers the STFT window (±2 frames) and the CN
 BLOCK_SECONDS = 10  # read size from the input file
 
 
-@torch.no_grad()
 def enhance_array(model: nn.Module, x: np.ndarray, strength: float = 1.0) -> np.ndarray:
     """Enhance 16 kHz audio held in memory: [samples] or [channels, samples].
 
     ``strength`` in [0, 1] floors the mask at ``1 - strength``: 0 returns the input,
     1 applies the model's mask fully."""
-    if not 0.0 <= strength <= 1.0:
-        raise ValueError(f"strength must be in [0, 1], got {strength}")
+    return enhance_at_strengths(model, x, [strength])[0]
+
+
+@torch.no_grad()
+def enhance_at_strengths(model: nn.Module, x: np.ndarray, strengths: list[float]) -> list[np.ndarray]:
+    """:func:`enhance_array` at several strengths, running the STFT and the network once."""
+    for strength in strengths:
+        if not 0.0 <= strength <= 1.0:
+            raise ValueError(f"strength must be in [0, 1], got {strength}")
     signal = np.atleast_2d(np.asarray(x, dtype=np.float32))
     specs = dsp.stft(signal)  # [channels, 257, frames]
     # The STFT is linear: the mono mix's spectrum is the mean of the channels' spectra.
     mono_mag = specs.mean(dim=0).abs()
     mask = model(mono_mag[None, None])[0, 0].float()
-    mask = 1.0 - strength * (1.0 - mask)
-    out = dsp.istft(specs * mask, signal.shape[-1]).numpy()
-    return out[0] if np.ndim(x) == 1 else out
+    outputs = []
+    for strength in strengths:
+        out = dsp.istft(specs * (1.0 - strength * (1.0 - mask)), signal.shape[-1]).numpy()
+        outputs.append(out[0] if np.ndim(x) == 1 else out)
+    return outputs
 
 
 class StreamingEnhancer:

@@ -22,7 +22,7 @@ from torch import nn
 
 from model import metrics
 from model.data import local_batches
-from model.enhance import enhance_array
+from model.enhance import enhance_array, enhance_at_strengths
 from model.net import load_model
 from pipeline import dsp, storage
 from pipeline.audio import write_audio
@@ -70,10 +70,11 @@ def _roundtrip(x: np.ndarray) -> np.ndarray:
 
 def enhance_all(model: nn.Module, noisy: np.ndarray,
                 limited_strength: float = LIMITED_STRENGTH) -> dict[str, np.ndarray]:
+    full, limited = enhance_at_strengths(model, noisy, [1.0, limited_strength])
     return {
         "noisy": _roundtrip(noisy),
-        "model": enhance_array(model, noisy),
-        "model_limited": enhance_array(model, noisy, strength=limited_strength),
+        "model": full,
+        "model_limited": limited,
         "wiener": metrics.wiener(noisy),
         "spectral_gating": _roundtrip(metrics.spectral_gating(noisy)),
     }
@@ -118,9 +119,13 @@ def stoi_delta_by_strength(model: nn.Module, rows: list[dict],
         mix = render_row(row)
         reference = _roundtrip(mix.clean)
         noisy = metrics.stoi(reference, _roundtrip(mix.noisy))
-        for s in grid:
-            deltas[s].append(metrics.stoi(reference, enhance_array(model, mix.noisy, strength=s)) - noisy)
+        for s, enhanced in zip(grid, enhance_at_strengths(model, mix.noisy, list(grid)), strict=True):
+            deltas[s].append(metrics.stoi(reference, enhanced) - noisy)
     return {s: float(np.mean(d)) for s, d in deltas.items()}
+
+
+def _describe_deltas(stoi_delta: dict[float, float]) -> str:
+    return "validation STOI change by strength: " + ", ".join(f"{s}: {d:+.3f}" for s, d in stoi_delta.items())
 
 
 def pick_rows(rows: list[dict], limit: int | None) -> list[dict]:
@@ -185,8 +190,7 @@ def evaluate(data_dir: str, model_path: str, out_dir: str, max_mixtures: int | N
         calibration["stoi_delta"] = stoi_delta_by_strength(model, val_rows)
         calibration["strength"] = choose_strength(calibration["stoi_delta"])
         log(f"mask limit chosen on {len(val_rows)} validation mixtures: strength {calibration['strength']} "
-            f"(validation STOI change by strength: "
-            + ", ".join(f"{s}: {d:+.3f}" for s, d in calibration["stoi_delta"].items()) + ")")
+            f"({_describe_deltas(calibration['stoi_delta'])})")
     init_ray()
     ray.data.DataContext.get_current().enable_progress_bars = False
     cpus = int(ray.cluster_resources().get("CPU", 1))
@@ -340,8 +344,7 @@ def render_report(report: dict) -> str:
         ]
     cal = report["limited_strength"]
     chosen = (f"chosen on {cal['mixtures']} validation mixtures as the least limiting strength that keeps "
-              "their STOI at or above the noisy input's (validation STOI change by strength: "
-              + ", ".join(f"{s}: {d:+.3f}" for s, d in cal["stoi_delta"].items()) + ")"
+              f"their STOI at or above the noisy input's ({_describe_deltas(cal['stoi_delta'])})"
               if cal["mixtures"] else "the default (no validation split to choose it on)")
     lines += ["Metrics: wide-band PESQ (P.862.2), STOI, SI-SDR; Δ = method − noisy, averaged per mixture. "
               f"`model_limited`: the same model with its mask floored at {floor:.1f} "

@@ -6,7 +6,7 @@ import soundfile as sf
 import torch
 
 from model import build_model, save_model
-from model.enhance import StreamingEnhancer, enhance_array, enhance_file
+from model.enhance import StreamingEnhancer, enhance_array, enhance_at_strengths, enhance_file
 from speech_enhance.cli import main
 
 
@@ -27,6 +27,13 @@ def test_chunked_streaming_equals_whole_file(model):
     chunked = np.concatenate(parts, axis=1)
     assert chunked.shape == whole.shape
     np.testing.assert_allclose(chunked, whole, atol=1e-5)
+
+
+def test_several_strengths_at_once_equal_one_at_a_time(model):
+    x = np.random.default_rng(1).standard_normal(16000).astype(np.float32) * 0.1
+    together = enhance_at_strengths(model, x, [1.0, 0.7])
+    np.testing.assert_array_equal(together[0], enhance_array(model, x))
+    np.testing.assert_array_equal(together[1], enhance_array(model, x, strength=0.7))
 
 
 def test_strength_zero_returns_the_input(model):
