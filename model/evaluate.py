@@ -29,11 +29,13 @@ from pipeline.audio import write_audio
 from pipeline.build import load_manifest, read_dataset_info, render_row
 
 METHODS = ("noisy", "model", "model_limited", "wiener", "spectral_gating")
-# "model_limited": the same model with its mask floored (`enhance --strength s`, mask
-# floor 1 - s). A briefly trained mask that suppresses everything it doubts buys SI-SDR
-# with intelligibility; this row shows what limiting it trades. s is chosen on the
-# validation split (never on test): the least limiting strength that keeps STOI at or
-# above the noisy input there. Without a validation split, LIMITED_STRENGTH.
+# "model": the full mask (`enhance --strength 1`). "model_limited": the same model at its
+# default strength s (mask floored at 1 - s), which is what `enhance` applies unless told
+# otherwise. A briefly trained mask that suppresses everything it doubts buys SI-SDR
+# with intelligibility; limiting it trades some SI-SDR back. s is chosen on the
+# validation split (never on test) when the model is trained and saved in the model
+# file (see calibrate_strength); a model file without one is calibrated here on the
+# dataset's validation split, or, without one, used at LIMITED_STRENGTH.
 LIMITED_STRENGTH = 0.8
 STRENGTH_GRID = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
 CALIBRATION_MIXTURES = 24
@@ -124,8 +126,50 @@ def stoi_delta_by_strength(model: nn.Module, rows: list[dict],
     return {s: float(np.mean(d)) for s, d in deltas.items()}
 
 
-def _describe_deltas(stoi_delta: dict[float, float]) -> str:
+def calibrate_strength(model: nn.Module, data_dir: str | os.PathLike,
+                       mixtures: int = CALIBRATION_MIXTURES) -> dict | None:
+    """Choose the model's default strength on up to ``mixtures`` validation mixtures of
+    ``data_dir`` (:func:`choose_strength` over STRENGTH_GRID); None without a validation
+    split. Returns {"strength", "split", "mixtures", "stoi_delta": {"1.0": change, ...}}
+    (string keys: it is stored in model files and JSON)."""
+    rows = pick_rows([r for r in load_manifest(data_dir) if r["split"] == "val"], mixtures)
+    if not rows:
+        return None
+    stoi_delta = stoi_delta_by_strength(model, rows)
+    return {"strength": choose_strength(stoi_delta), "split": "val", "mixtures": len(rows),
+            "stoi_delta": {str(s): d for s, d in stoi_delta.items()}}
+
+
+def _describe_deltas(stoi_delta: dict) -> str:
     return "validation STOI change by strength: " + ", ".join(f"{s}: {d:+.3f}" for s, d in stoi_delta.items())
+
+
+def describe_strength(choice: dict) -> str:
+    """One sentence: which strength the "model_limited" row used and why."""
+    s = choice["strength"]
+    head = f"the mask floored at {1 - s:.1f} (strength {s}, what `enhance` applies by default)"
+    if choice["source"] == "default":
+        return f"{head}; a fallback: the model file has no default strength and the dataset no validation split"
+    rule = (f"the least limiting strength that keeps the STOI of {choice['mixtures']} validation mixtures at or "
+            f"above the noisy input's ({_describe_deltas(choice['stoi_delta'])})")
+    if choice["source"] == "model file":
+        return f"{head}; the model file's default strength, chosen when it was trained as {rule}"
+    return f"{head}; the model file has none, so it was chosen here as {rule}"
+
+
+def strength_for_evaluation(model: nn.Module, meta: dict, data_dir: str, log=print) -> dict:  # noqa: ANN001
+    """The strength of the "model_limited" row and where it came from: the model file's
+    default strength, else chosen now on this dataset's validation split, else
+    LIMITED_STRENGTH."""
+    if "strength" in meta:
+        return {"strength": float(meta["strength"]), "source": "model file",
+                **{k: v for k, v in meta.get("strength_choice", {}).items() if k != "strength"}}
+    chosen = calibrate_strength(model, data_dir)
+    if chosen is None:
+        return {"strength": LIMITED_STRENGTH, "source": "default", "mixtures": 0, "stoi_delta": {}}
+    log(f"the model file has no default strength; chose {chosen['strength']} on {chosen['mixtures']} "
+        f"validation mixtures ({_describe_deltas(chosen['stoi_delta'])})")
+    return {**chosen, "source": "validation split"}
 
 
 def pick_rows(rows: list[dict], limit: int | None) -> list[dict]:
@@ -184,13 +228,7 @@ def evaluate(data_dir: str, model_path: str, out_dir: str, max_mixtures: int | N
     rows = pick_rows(test_rows, max_mixtures)
     log(f"evaluating {len(rows)} of {len(test_rows)} test mixtures with {model_path}")
     patch_loss = {"model": test_l1(model, data_dir), "identity_mask": identity_l1(data_dir, "test")}
-    val_rows = pick_rows([r for r in manifest if r["split"] == "val"], CALIBRATION_MIXTURES)
-    calibration = {"mixtures": len(val_rows), "stoi_delta": {}, "strength": LIMITED_STRENGTH}
-    if val_rows:
-        calibration["stoi_delta"] = stoi_delta_by_strength(model, val_rows)
-        calibration["strength"] = choose_strength(calibration["stoi_delta"])
-        log(f"mask limit chosen on {len(val_rows)} validation mixtures: strength {calibration['strength']} "
-            f"({_describe_deltas(calibration['stoi_delta'])})")
+    calibration = strength_for_evaluation(model, meta, data_dir, log)
     init_ray()
     ray.data.DataContext.get_current().enable_progress_bars = False
     cpus = int(ray.cluster_resources().get("CPU", 1))
@@ -216,7 +254,7 @@ def evaluate(data_dir: str, model_path: str, out_dir: str, max_mixtures: int | N
         "per_noise_type": summarise(per_mixture, "noise_type"),
         "per_mixture": per_mixture,
     }
-    report["samples"] = _write_samples(model, rows, out, samples)
+    report["samples"] = _write_samples(model, rows, out, samples, calibration["strength"])
     curve = storage.join(storage.parent(storage.resolve(model_path)), "loss_curve.png")
     if storage.is_file(curve):
         (out / "loss_curve.png").write_bytes(storage.read_bytes(curve))
@@ -225,19 +263,20 @@ def evaluate(data_dir: str, model_path: str, out_dir: str, max_mixtures: int | N
     (out / "metrics.json").write_text(json.dumps(report, indent=2))
     (out / "report.md").write_text(render_report(report))
     o = report["overall"]
-    log("overall  " + "  ".join(
-        f"{m}: noisy {o['noisy'][m]:.3f} model {o['model'][m]:.3f} limited {o['model_limited'][m]:.3f} wiener {o['wiener'][m]:.3f} "
-        f"gating {o['spectral_gating'][m]:.3f}" for m in METRICS))
+    log(f"overall (model at strength {calibration['strength']} and with the full mask)  " + "  ".join(
+        f"{m}: noisy {o['noisy'][m]:.3f} model {o['model_limited'][m]:.3f} full mask {o['model'][m]:.3f} "
+        f"wiener {o['wiener'][m]:.3f} gating {o['spectral_gating'][m]:.3f}" for m in METRICS))
     log(f"report: {out / 'report.md'}")
     return report
 
 
-def _write_samples(model: nn.Module, rows: list[dict], out: Path, count: int) -> list[dict]:
-    """A few mixtures across SNRs: wav files and a spectrogram figure each."""
+def _write_samples(model: nn.Module, rows: list[dict], out: Path, count: int, strength: float) -> list[dict]:
+    """A few mixtures across SNRs, enhanced as `enhance` would (at ``strength``): wav
+    files and a spectrogram figure each."""
     written = []
     for row in pick_rows(rows, count)[:count]:
         mix = render_row(row)
-        enhanced = enhance_array(model, mix.noisy)
+        enhanced = enhance_array(model, mix.noisy, strength)
         stem = f"mix{row['mixture_id']:06d}_snr{row['snr_db']:+.0f}dB_{row['noise_type']}"
         files = {}
         for kind, signal in (("noisy", mix.noisy), ("enhanced", enhanced), ("clean", mix.clean)):
@@ -290,12 +329,11 @@ def render_report(report: dict) -> str:
     best_baseline = max(("wiener", "spectral_gating"), key=lambda m: o[m]["si_sdr"])
     verdict = []
     strength = report["limited_strength"]["strength"]
-    floor = 1 - strength
     for m, unit in (("si_sdr", " dB"), ("stoi", ""), ("pesq", "")):
         verdict.append(
-            f"- {m.upper().replace('_', '-')}: model {o['model'][m]:.3f}{unit} vs noisy {o['noisy'][m]:.3f}{unit} "
-            f"({o['model'][m + '_delta']:+.3f}; with the mask floored at {floor:.1f} "
-            f"{o['model_limited'][m + '_delta']:+.3f}); Wiener {o['wiener'][m + '_delta']:+.3f}, "
+            f"- {m.upper().replace('_', '-')}: model {o['model_limited'][m]:.3f}{unit} vs noisy {o['noisy'][m]:.3f}{unit} "
+            f"({o['model_limited'][m + '_delta']:+.3f} at strength {strength}; full mask "
+            f"{o['model'][m + '_delta']:+.3f}); Wiener {o['wiener'][m + '_delta']:+.3f}, "
             f"spectral gating {o['spectral_gating'][m + '_delta']:+.3f}"
         )
     lines = [
@@ -342,11 +380,7 @@ def render_report(report: dict) -> str:
             f"[noisy]({s['noisy']}) · [enhanced]({s['enhanced']}) · [clean]({s['clean']})",
             "",
         ]
-    cal = report["limited_strength"]
-    chosen = (f"chosen on {cal['mixtures']} validation mixtures as the least limiting strength that keeps "
-              f"their STOI at or above the noisy input's ({_describe_deltas(cal['stoi_delta'])})"
-              if cal["mixtures"] else "the default (no validation split to choose it on)")
     lines += ["Metrics: wide-band PESQ (P.862.2), STOI, SI-SDR; Δ = method − noisy, averaged per mixture. "
-              f"`model_limited`: the same model with its mask floored at {floor:.1f} "
-              f"(`enhance --strength {strength}`), {chosen}.", ""]
+              f"`model`: the full mask (`enhance --strength 1`). `model_limited`: {describe_strength(report['limited_strength'])}. "
+              "The samples are enhanced at that strength.", ""]
     return "\n".join(lines)

@@ -103,7 +103,7 @@ def model_config(model: nn.Module) -> dict:
     return {"arch": arch, "widths": list(model.widths)}
 
 
-def save_model(path: str | os.PathLike, model: nn.Module, **extra: float | int | str) -> None:
+def save_model(path: str | os.PathLike, model: nn.Module, **extra: float | int | str | dict) -> None:
     """Write the model with everything needed to rebuild and use it, atomically.
 
     Plain tensors and Python types only, so ``torch.load(path, weights_only=True)``

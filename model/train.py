@@ -325,14 +325,14 @@ def train(cfg: TrainConfig, overwrite: bool = False, log=print, callbacks: list 
 def export_run(result, out: str, cfg: TrainConfig, log=print) -> dict:  # noqa: ANN001
     """Best checkpoint → cnn_enhancer_best.pth; history.csv, loss_curve.png, results.json
     (``out``: a local folder or a URI)."""
-    from model.evaluate import identity_l1, test_l1
+    from model.evaluate import describe_strength, identity_l1, test_l1
 
     if result.error:
         raise TrainError(f"training failed: {result.error}")
     latest = _load_state(result.checkpoint)
     history = latest["train_state"]["history"]
     best_ckpt, best_metrics = min(result.best_checkpoints, key=lambda cm: cm[1]["val_loss"])
-    model = save_checkpoint_model(_load_state(best_ckpt), storage.join(out, BEST_MODEL))
+    model, strength_choice = save_checkpoint_model(_load_state(best_ckpt), storage.join(out, BEST_MODEL), cfg.data)
     storage.write_text(storage.join(out, "history.csv"), history_csv(history))
     with tempfile.TemporaryDirectory() as tmp:
         plot_loss_curve(history, Path(tmp) / "loss_curve.png")
@@ -347,23 +347,37 @@ def export_run(result, out: str, cfg: TrainConfig, log=print) -> dict:  # noqa: 
         "val_loss_identity_mask": identity_l1(cfg.data, "val"),
         "test_loss": test_l1(model, cfg.data),
         "test_loss_identity_mask": identity_l1(cfg.data, "test"),
+        "strength": strength_choice,
     }
     storage.write_json(storage.join(out, "results.json"), results)
     log(f"best epoch {results['best_epoch']}: val L1 {results['best_val_loss']:.6f} "
         f"(identity mask {results['val_loss_identity_mask']:.6f}); "
         f"test L1 {results['test_loss']:.6f} (identity mask {results['test_loss_identity_mask']:.6f})")
+    if strength_choice:
+        log(f"default strength for enhance: {describe_strength({**strength_choice, 'source': 'model file'})}")
     log(f"wrote {storage.join(out, BEST_MODEL)}, history.csv, loss_curve.png, results.json")
     return results
 
 
-def save_checkpoint_model(state: dict, dest: str) -> nn.Module:
+def save_checkpoint_model(state: dict, dest: str, data_dir: str | None = None) -> tuple[nn.Module, dict | None]:
     """Rebuild the model of a training checkpoint's ``state.pt`` and save it as a
-    model file at ``dest``, with the epoch and val loss of that checkpoint."""
+    model file at ``dest``, with the epoch and val loss of that checkpoint.
+
+    With ``data_dir``, the model's default strength (mask floor 1 - s, what `enhance`
+    applies unless told otherwise) is chosen on that dataset's validation split and
+    saved with it: a briefly trained mask tends to over-suppress speech it is unsure
+    of, which costs intelligibility (STOI) that the loss does not see. Returns the
+    model and that choice (None without a validation split: then the full mask)."""
+    from model.evaluate import calibrate_strength
+
     model = build_model(**state["model_config"])
     model.load_state_dict(state["model"])
+    model.eval()
     last = state["train_state"]["history"][-1]
-    save_model(dest, model, epoch=int(last["epoch"]), val_loss=float(last["val_loss"]))
-    return model
+    choice = calibrate_strength(model, data_dir) if data_dir is not None else None
+    extra = {"strength": choice["strength"], "strength_choice": choice} if choice else {}
+    save_model(dest, model, epoch=int(last["epoch"]), val_loss=float(last["val_loss"]), **extra)
+    return model, choice
 
 
 def _load_state(checkpoint) -> dict:  # noqa: ANN001

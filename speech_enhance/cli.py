@@ -114,10 +114,14 @@ def cmd_enhance(args: argparse.Namespace) -> int:
     from model.enhance import enhance_paths
     from model.net import load_model
 
-    model, _ = load_model(args.model)
+    model, meta = load_model(args.model)
     if args.threads:
         torch.set_num_threads(args.threads)
-    results = enhance_paths(model, args.inputs, args.out, strength=args.strength)
+    strength = args.strength if args.strength is not None else float(meta.get("strength", 1.0))
+    if args.strength is None:
+        source = "chosen on validation data when it was trained" if "strength" in meta else "full mask"
+        print(f"strength {strength} (the model's default: {source}; --strength overrides)")
+    results = enhance_paths(model, args.inputs, args.out, strength=strength)
     done = [r for r in results if not r.error]
     failed = [r for r in results if r.error]
     audio_s = sum(r.seconds_audio for r in done)
@@ -217,7 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="audio files or folders (searched recursively)")
     p.add_argument("--model", required=True, help="cnn_enhancer_best.pth")
     p.add_argument("--out", required=True, help="output folder (file names are kept)")
-    p.add_argument("--strength", type=float, default=1.0, help="0 = unchanged ... 1 = full mask (default)")
+    p.add_argument("--strength", type=float, default=None,
+                   help="0 = unchanged ... 1 = full mask; default: the strength saved in the model file "
+                        "(chosen on validation data at training), else 1")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.set_defaults(func=cmd_enhance)
 

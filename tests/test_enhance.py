@@ -79,3 +79,15 @@ def test_cli_reports_unreadable_inputs_and_fails(model, tmp_path, capsys):
     assert (tmp_path / "o" / "in" / "good.wav").exists()
     captured = capsys.readouterr()
     assert "bad.wav" in captured.err and "real-time factor" in captured.out
+
+
+def test_cli_applies_the_model_files_default_strength_unless_told(model, tmp_path, capsys):
+    save_model(tmp_path / "m.pth", model, strength=0.0)  # strength 0: the input, unchanged
+    x = 0.1 * np.random.default_rng(1).standard_normal(16000).astype(np.float32)
+    sf.write(tmp_path / "x.wav", x, 16000, subtype="FLOAT")
+    args = ["enhance", str(tmp_path / "x.wav"), "--model", str(tmp_path / "m.pth")]
+    assert main([*args, "--out", str(tmp_path / "default")]) == 0
+    assert "strength 0.0 (the model's default" in capsys.readouterr().out
+    np.testing.assert_allclose(sf.read(tmp_path / "default" / "x.wav")[0], x, atol=1e-4)
+    assert main([*args, "--out", str(tmp_path / "full"), "--strength", "1"]) == 0
+    assert np.max(np.abs(sf.read(tmp_path / "full" / "x.wav")[0] - x)) > 1e-3

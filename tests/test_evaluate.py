@@ -6,13 +6,25 @@ import pytest
 import torch
 
 from model import build_model, save_model
-from model.evaluate import METHODS, choose_strength, evaluate
+from model.evaluate import LIMITED_STRENGTH, METHODS, choose_strength, evaluate, strength_for_evaluation
 
 
 def test_choose_strength_takes_the_least_limiting_strength_that_keeps_stoi():
     assert choose_strength({1.0: -0.05, 0.9: -0.01, 0.8: 0.0, 0.7: 0.01}) == 0.8
     assert choose_strength({1.0: 0.02, 0.8: 0.03}) == 1.0  # no limit needed
     assert choose_strength({1.0: -0.05, 0.8: -0.01, 0.6: -0.02}) == 0.8  # none keeps STOI: the least loss
+
+
+def test_evaluation_uses_the_strength_saved_in_the_model_file(tmp_path):
+    choice = {"strength": 0.7, "split": "val", "mixtures": 5, "stoi_delta": {"1.0": -0.02, "0.7": 0.01}}
+    used = strength_for_evaluation(None, {"strength": 0.7, "strength_choice": choice}, str(tmp_path))
+    assert used == {**choice, "source": "model file"}  # taken as saved: no dataset read, no model run
+
+
+def test_evaluation_without_a_saved_strength_or_validation_split_falls_back(tmp_path, monkeypatch):
+    monkeypatch.setattr("model.evaluate.load_manifest", lambda _: [{"split": "test"}])
+    used = strength_for_evaluation(None, {}, str(tmp_path))
+    assert used["strength"] == LIMITED_STRENGTH and used["source"] == "default"
 
 
 @pytest.mark.timeout(300)
@@ -29,6 +41,7 @@ def test_evaluate_writes_report_with_every_method_and_a_validation_chosen_limit(
     assert saved["evaluated_mixtures"] == saved["test_mixtures"] == len(saved["per_mixture"]) > 0
     assert set(saved["overall"]) == {"n", *METHODS}
     cal = saved["limited_strength"]
+    assert cal["source"] == "validation split"  # the model file carries no strength
     assert cal["mixtures"] > 0 and len(cal["stoi_delta"]) == 6
     assert cal["strength"] == choose_strength({float(s): d for s, d in cal["stoi_delta"].items()})
     # The noisy input's SI-SDR is the mixing SNR (clean and noise are uncorrelated).
@@ -36,7 +49,7 @@ def test_evaluate_writes_report_with_every_method_and_a_validation_chosen_limit(
         assert row["noisy"]["si_sdr"] == pytest.approx(float(snr), abs=1.5)
     assert report["overall"]["noisy"]["stoi_delta"] == 0.0
     text = (out / "report.md").read_text()
-    assert "chosen on" in text and "validation mixtures" in text and "Per SNR" in text
+    assert "chosen here as" in text and "validation mixtures" in text and "Per SNR" in text
     sample = report["samples"][0]
     for kind in ("noisy", "enhanced", "clean", "figure"):
         assert (out / sample[kind]).is_file()

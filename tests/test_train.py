@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from model import load_model
+from model.evaluate import choose_strength
 from model.train import BEST_MODEL, TrainConfig, TrainError, train
 
 pytestmark = pytest.mark.timeout(400)
@@ -32,6 +33,10 @@ def test_two_workers_train_survive_a_killed_worker_and_write_outputs(tiny_datase
         assert (run / name).exists(), name
     model, meta = load_model(run / BEST_MODEL)
     assert meta["val_loss"] == pytest.approx(min(val))
+    # enhance's default strength, chosen on the validation split and saved with the model
+    assert meta["strength"] == results["strength"]["strength"] == choose_strength(
+        {float(s): d for s, d in meta["strength_choice"]["stoi_delta"].items()})
+    assert meta["strength_choice"]["mixtures"] > 0
     assert results["test_loss"] > 0 and results["val_loss_identity_mask"] > results["best_val_loss"]
     assert json.loads((run / "config.json").read_text())["workers"] == 2
     assert model(torch.rand(1, 1, 257, 10)).shape == (1, 1, 257, 10)

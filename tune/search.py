@@ -165,7 +165,7 @@ def write_outputs(results, out: str, cfg: TuneConfig, log=print) -> dict:  # noq
     storage.write_json(storage.join(out, "best_config.json"), {
         "config": settings, "params": params, "best_val_loss": best["best_val_loss"], "trial_id": best["trial_id"],
         "epochs_run": best["epochs_run"]})
-    _export_best_model(best["trial_dir"], storage.join(out, "best", BEST_MODEL))
+    _export_best_model(best["trial_dir"], storage.join(out, "best", BEST_MODEL), cfg.data)
     with tempfile.TemporaryDirectory() as tmp:
         plot_trials(rows, Path(tmp) / "trials.png")
         storage.upload(Path(tmp) / "trials.png", storage.join(out, "trials.png"))
@@ -174,7 +174,7 @@ def write_outputs(results, out: str, cfg: TuneConfig, log=print) -> dict:  # noq
     return {"trials": rows, "best": best}
 
 
-def _export_best_model(trial_dir: str, dest: str) -> None:
+def _export_best_model(trial_dir: str, dest: str, data_dir: str) -> None:
     """Copy the trial's exported model, or (for a trial Tune stopped before it could
     export) rebuild it from its best checkpoint."""
     import torch
@@ -189,7 +189,7 @@ def _export_best_model(trial_dir: str, dest: str) -> None:
               if "/checkpoint_" in path]
     if not states:
         raise FileNotFoundError(f"{trial_dir}: the best trial left no checkpoint")
-    save_checkpoint_model(min(states, key=lambda s: s["train_state"]["history"][-1]["val_loss"]), dest)
+    save_checkpoint_model(min(states, key=lambda s: s["train_state"]["history"][-1]["val_loss"]), dest, data_dir)
 
 
 def plot_trials(rows: list[dict], path: Path) -> None:
