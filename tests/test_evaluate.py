@@ -15,6 +15,12 @@ def test_choose_strength_takes_the_least_limiting_strength_that_keeps_stoi():
     assert choose_strength({1.0: -0.05, 0.8: -0.01, 0.6: -0.02}) == 0.8  # none keeps STOI: the least loss
 
 
+def test_choose_strength_wants_a_margin_of_one_standard_error():
+    mean = {1.0: -0.05, 0.8: 0.002, 0.7: 0.006, 0.6: 0.012}
+    assert choose_strength(mean, {1.0: 0.01, 0.8: 0.004, 0.7: 0.004, 0.6: 0.004}) == 0.7
+    assert choose_strength(mean, {1.0: 0.01, 0.8: 0.004, 0.7: 0.008, 0.6: 0.02}) == 0.6  # none clear: least loss
+
+
 def test_evaluation_uses_the_strength_saved_in_the_model_file(tmp_path):
     choice = {"strength": 0.7, "split": "val", "mixtures": 5, "stoi_delta": {"1.0": -0.02, "0.7": 0.01}}
     used = strength_for_evaluation(None, {"strength": 0.7, "strength_choice": choice}, str(tmp_path))
@@ -42,8 +48,9 @@ def test_evaluate_writes_report_with_every_method_and_a_validation_chosen_limit(
     assert set(saved["overall"]) == {"n", *METHODS}
     cal = saved["limited_strength"]
     assert cal["source"] == "validation split"  # the model file carries no strength
-    assert cal["mixtures"] > 0 and len(cal["stoi_delta"]) == 6
-    assert cal["strength"] == choose_strength({float(s): d for s, d in cal["stoi_delta"].items()})
+    assert cal["mixtures"] > 0 and len(cal["stoi_delta"]) == len(cal["stoi_delta_se"]) == 6
+    assert cal["strength"] == choose_strength({float(s): d for s, d in cal["stoi_delta"].items()},
+                                              {float(s): e for s, e in cal["stoi_delta_se"].items()})
     # The noisy input's SI-SDR is the mixing SNR (clean and noise are uncorrelated).
     for snr, row in report["per_snr"].items():
         assert row["noisy"]["si_sdr"] == pytest.approx(float(snr), abs=1.5)

@@ -34,8 +34,9 @@ def test_two_workers_train_survive_a_killed_worker_and_write_outputs(tiny_datase
     model, meta = load_model(run / BEST_MODEL)
     assert meta["val_loss"] == pytest.approx(min(val))
     # enhance's default strength, chosen on the validation split and saved with the model
+    choice = meta["strength_choice"]
     assert meta["strength"] == results["strength"]["strength"] == choose_strength(
-        {float(s): d for s, d in meta["strength_choice"]["stoi_delta"].items()})
+        {float(s): d for s, d in choice["stoi_delta"].items()}, {float(s): e for s, e in choice["stoi_delta_se"].items()})
     assert meta["strength_choice"]["mixtures"] > 0
     assert results["test_loss"] > 0 and results["val_loss_identity_mask"] > results["best_val_loss"]
     assert json.loads((run / "config.json").read_text())["workers"] == 2
