@@ -1,12 +1,19 @@
 """Training throughput: Ray Train (1 and 2 workers) against a plain PyTorch loop over the
 same Parquet data and the same model, on the same CPUs.
 
-    python bench/train_throughput.py [--data DATA_DIR] [--epochs 2]
+    python bench/train_throughput.py [--data DATA_DIR] [--epochs 2] [--runs NAME ...]
 
 Without --data, a dataset is built from the embedded corpus. Ray Train's figure is the
 last epoch's training patches per second of the training pass (the first epoch includes
-worker and data start-up); the plain loop's is one pass after one warm-up pass, with
-torch using all CPUs. Prints JSON; copy it into BENCHMARKS.md.
+worker and data start-up); the plain loop's is one pass after one warm-up pass. Each Ray
+run is compared with the plain loop using as many torch threads in all (the same CPU
+count for the computation):
+
+    ray_1w_2t  1 worker, 2 torch threads (the default for 1 worker on 2 CPUs) vs plain, 2 threads
+    ray_1w_1t  1 worker, 1 torch thread                                      vs plain, 1 thread
+    ray_2w     2 workers, 1 thread each (DDP; the default for 2 workers)     vs plain, 2 threads
+
+Prints JSON; copy it into BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -43,11 +50,16 @@ def plain_loop(data: str, batch_size: int, threads: int) -> float:
     return rate
 
 
+# name: (workers, torch threads per worker or None for the default)
+RAY_RUNS = {"ray_1w_2t": (1, 2), "ray_1w_1t": (1, 1), "ray_2w": (2, None)}
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", default=None)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--runs", nargs="+", choices=list(RAY_RUNS), default=list(RAY_RUNS))
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench_train_"))
     from speech_enhance.raysetup import init_ray
@@ -62,19 +74,24 @@ def main():
         data = str(work / "data")
         build_dataset(BuildConfig(str(work / "corpus/speech"), str(work / "corpus/noise"), data,
                                   snrs=[5.0, 0.0], noises_per_clean=1), log=lambda *_: None)
-    cpus = os.cpu_count()
-    results = {"machine": f"{cpus} CPUs", "data": data, "batch_size": args.batch_size,
-               "plain_loop_patches_per_s": plain_loop(data, args.batch_size, cpus)}
-    for workers in (1, 2):
-        cfg = TrainConfig(data=data, out=str(work / f"run{workers}"), epochs=args.epochs, workers=workers,
-                          batch_size=args.batch_size, patience=args.epochs)
+    results = {"machine": f"{os.cpu_count()} CPUs", "data": data, "batch_size": args.batch_size,
+               "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY")}
+    plain = {}
+    for name in args.runs:
+        workers, threads = RAY_RUNS[name]
+        total_threads = workers * (threads or 1) if workers > 1 else threads
+        if total_threads not in plain:
+            plain[total_threads] = plain_loop(data, args.batch_size, total_threads)
+            results[f"plain_{total_threads}t_patches_per_s"] = plain[total_threads]
+        cfg = TrainConfig(data=data, out=str(work / name), epochs=args.epochs, workers=workers,
+                          batch_size=args.batch_size, patience=args.epochs, torch_threads=threads)
         started = time.time()
         train(cfg, log=lambda *_: None)
-        with open(work / f"run{workers}" / "history.csv") as f:
+        with open(work / name / "history.csv") as f:
             last = f.read().strip().splitlines()[-1].split(",")
-        results[f"ray_train_{workers}_workers_patches_per_s"] = float(last[-1])
-        results[f"ray_train_{workers}_workers_wall_s"] = time.time() - started
-        results[f"ratio_{workers}_workers_vs_plain"] = float(last[-1]) / results["plain_loop_patches_per_s"]
+        results[f"{name}_patches_per_s"] = float(last[-1])
+        results[f"{name}_wall_s"] = time.time() - started
+        results[f"{name}_vs_plain_{total_threads}t"] = float(last[-1]) / plain[total_threads]
     print(json.dumps(results, indent=2))
 
 

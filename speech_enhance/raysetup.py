@@ -8,6 +8,17 @@ import os
 import ray
 
 
+def worker_runtime_env() -> dict:
+    """The environment of this job's Ray workers.
+
+    OpenMP threads (torch's CPU kernels) spin-wait after each parallel region by
+    default. In a Ray worker that shares its CPUs with Ray Data's readers and Ray's own
+    processes, that spinning takes their time and the training threads then wait on
+    the data: one Train worker with 2 threads on 2 CPUs ran at 8.1 patches/s spinning
+    and 8.6 passive (BENCHMARKS.md). A value already in the environment wins."""
+    return {"env_vars": {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}}
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Start or attach to Ray once per process.
 
@@ -19,10 +30,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, logging_level=logging.WARNING)
+        ray.init(address=address, logging_level=logging.WARNING, runtime_env=worker_runtime_env())
     else:
         # The dashboard also serves Ray's state API, which Ray Train's placement-group
         # cleaner polls; without it every run logs a warning every few seconds.
-        ray.init(num_cpus=num_cpus, logging_level=logging.WARNING)
+        ray.init(num_cpus=num_cpus, logging_level=logging.WARNING, runtime_env=worker_runtime_env())
     # Quieter Ray Data logs; progress bars stay on.
     ray.data.DataContext.get_current().enable_progress_bars = True
