@@ -159,7 +159,8 @@ def _describe_deltas(choice: dict) -> str:
 def describe_strength(choice: dict) -> str:
     """One sentence: which strength the "model_limited" row used and why."""
     s = choice["strength"]
-    head = f"the mask floored at {1 - s:.1f} (strength {s}, what `enhance` applies by default)"
+    head = (f"the mask floored at {1 - s:.1f}" if s < 1 else "the full mask") + \
+        f" (strength {s}, what `enhance` applies by default)"
     if choice["source"] == "default":
         return f"{head}; a fallback: the model file has no default strength and the dataset no validation split"
     rule = (f"the least limiting strength that keeps the STOI of {choice['mixtures']} validation mixtures at or "

@@ -57,6 +57,7 @@ def test_evaluate_writes_report_with_every_method_and_a_validation_chosen_limit(
     assert report["overall"]["noisy"]["stoi_delta"] == 0.0
     text = (out / "report.md").read_text()
     assert "chosen here as" in text and "validation mixtures" in text and "Per SNR" in text
+    assert "At its default strength the model is ahead of both baselines on" in text
     sample = report["samples"][0]
     for kind in ("noisy", "enhanced", "clean", "figure"):
         assert (out / sample[kind]).is_file()
