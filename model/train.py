@@ -268,9 +268,12 @@ def _check_run_dir(out: str, config: dict, overwrite: bool) -> None:
             )
 
 
-def train(cfg: TrainConfig, overwrite: bool = False, log=print, callbacks: list | None = None) -> dict:  # noqa: ANN001
+def train(cfg: TrainConfig, overwrite: bool = False, log=print, callbacks: list | None = None,  # noqa: ANN001
+          choose_strength: bool = True) -> dict:
     """Run (or resume) training; returns results.json's contents. ``callbacks`` are Ray
-    Train callbacks (Tune passes its ``TuneReportCallback``)."""
+    Train callbacks (Tune passes its ``TuneReportCallback``). ``choose_strength``: pick
+    the exported model's default strength on the validation split (Tune's trials skip
+    it; the search does it for its best model only)."""
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -319,10 +322,10 @@ def train(cfg: TrainConfig, overwrite: bool = False, log=print, callbacks: list 
             f"training failed ({summary[0] if summary else type(err).__name__}); "
             f"re-run the same command to resume from the last checkpoint in {storage.join(out, RAY_RUN_NAME)}"
         ) from err
-    return export_run(result, out, cfg, log)
+    return export_run(result, out, cfg, log, choose_strength)
 
 
-def export_run(result, out: str, cfg: TrainConfig, log=print) -> dict:  # noqa: ANN001
+def export_run(result, out: str, cfg: TrainConfig, log=print, choose_strength: bool = True) -> dict:  # noqa: ANN001
     """Best checkpoint → cnn_enhancer_best.pth; history.csv, loss_curve.png, results.json
     (``out``: a local folder or a URI)."""
     from model.evaluate import describe_strength, identity_l1, test_l1
@@ -332,7 +335,8 @@ def export_run(result, out: str, cfg: TrainConfig, log=print) -> dict:  # noqa: 
     latest = _load_state(result.checkpoint)
     history = latest["train_state"]["history"]
     best_ckpt, best_metrics = min(result.best_checkpoints, key=lambda cm: cm[1]["val_loss"])
-    model, strength_choice = save_checkpoint_model(_load_state(best_ckpt), storage.join(out, BEST_MODEL), cfg.data)
+    model, strength_choice = save_checkpoint_model(_load_state(best_ckpt), storage.join(out, BEST_MODEL),
+                                                   cfg.data if choose_strength else None)
     storage.write_text(storage.join(out, "history.csv"), history_csv(history))
     with tempfile.TemporaryDirectory() as tmp:
         plot_loss_curve(history, Path(tmp) / "loss_curve.png")
@@ -361,23 +365,34 @@ def export_run(result, out: str, cfg: TrainConfig, log=print) -> dict:  # noqa: 
 
 def save_checkpoint_model(state: dict, dest: str, data_dir: str | None = None) -> tuple[nn.Module, dict | None]:
     """Rebuild the model of a training checkpoint's ``state.pt`` and save it as a
-    model file at ``dest``, with the epoch and val loss of that checkpoint.
-
-    With ``data_dir``, the model's default strength (mask floor 1 - s, what `enhance`
-    applies unless told otherwise) is chosen on that dataset's validation split and
-    saved with it: a briefly trained mask tends to over-suppress speech it is unsure
-    of, which costs intelligibility (STOI) that the loss does not see. Returns the
-    model and that choice (None without a validation split: then the full mask)."""
-    from model.evaluate import calibrate_strength
-
+    model file at ``dest``, with the epoch and val loss of that checkpoint and, with
+    ``data_dir``, its default strength (:func:`save_with_default_strength`). Returns
+    the model and the strength choice (None if none was made)."""
     model = build_model(**state["model_config"])
     model.load_state_dict(state["model"])
-    model.eval()
     last = state["train_state"]["history"][-1]
-    choice = calibrate_strength(model, data_dir) if data_dir is not None else None
-    extra = {"strength": choice["strength"], "strength_choice": choice} if choice else {}
-    save_model(dest, model, epoch=int(last["epoch"]), val_loss=float(last["val_loss"]), **extra)
+    choice = save_with_default_strength(model, dest, data_dir, epoch=int(last["epoch"]),
+                                        val_loss=float(last["val_loss"]))
     return model, choice
+
+
+def save_with_default_strength(model: nn.Module, dest: str, data_dir: str | None,
+                               **extra: float | int | str) -> dict | None:
+    """Save ``model`` at ``dest`` with its default strength (mask floor 1 - s, what
+    `enhance` applies unless told otherwise) chosen on ``data_dir``'s validation split.
+
+    A briefly trained mask tends to over-suppress speech it is unsure of, which costs
+    intelligibility (STOI) that the loss does not see. Without ``data_dir`` or a
+    validation split no strength is saved (then `enhance` uses the full mask).
+    Returns the choice."""
+    from model.evaluate import calibrate_strength
+
+    model.eval()
+    choice = calibrate_strength(model, data_dir) if data_dir is not None else None
+    if choice:
+        extra = {**extra, "strength": choice["strength"], "strength_choice": choice}
+    save_model(dest, model, **extra)
+    return choice
 
 
 def _load_state(checkpoint) -> dict:  # noqa: ANN001

@@ -95,6 +95,8 @@ def test_search_killed_midway_resumes_without_repeating_trials(ray_session, tiny
     model, meta = load_model(out / "best" / "cnn_enhancer_best.pth")
     assert meta["model_config"]["widths"] == [int(lowest[f"width{i}"]) for i in range(1, 5)] == best["config"]["widths"]
     assert meta["val_loss"] == pytest.approx(float(lowest["best_val_loss"]))
+    # the best model carries its default strength, chosen on the validation split
+    assert meta["strength_choice"]["mixtures"] > 0 and meta["strength"] == meta["strength_choice"]["strength"]
     assert Path(out / "trials.png").stat().st_size > 0
     _retrain_uses_best_config(out / "best_config.json", best["config"], tiny_dataset, tmp_path, monkeypatch)
 

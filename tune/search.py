@@ -54,7 +54,8 @@ def run_trial(params: dict) -> None:
         cpus_per_worker=fixed["cpus_per_worker"],
         **train_settings({k: v for k, v in params.items() if k != "_fixed"}),
     )
-    train(cfg, callbacks=[TuneReportCallback()], log=lambda *_: None)
+    # The default strength is chosen for the search's best model only (_export_best_model).
+    train(cfg, callbacks=[TuneReportCallback()], log=lambda *_: None, choose_strength=False)
 
 
 def plan_concurrency(cfg: TuneConfig, cpus: float, gpus: float) -> tuple[int, float, int]:
@@ -175,14 +176,17 @@ def write_outputs(results, out: str, cfg: TuneConfig, log=print) -> dict:  # noq
 
 
 def _export_best_model(trial_dir: str, dest: str, data_dir: str) -> None:
-    """Copy the trial's exported model, or (for a trial Tune stopped before it could
-    export) rebuild it from its best checkpoint."""
+    """The best trial's model with its default strength chosen on the validation split:
+    from the trial's exported model, or (for a trial Tune stopped before it could
+    export) from its best checkpoint."""
     import torch
 
-    from model.train import save_checkpoint_model
+    from model.net import load_model
+    from model.train import save_checkpoint_model, save_with_default_strength
 
     if storage.is_file(storage.join(trial_dir, BEST_MODEL)):
-        storage.write_bytes(dest, storage.read_bytes(storage.join(trial_dir, BEST_MODEL)))
+        model, meta = load_model(storage.join(trial_dir, BEST_MODEL))
+        save_with_default_strength(model, dest, data_dir, epoch=meta["epoch"], val_loss=meta["val_loss"])
         return
     states = [torch.load(io.BytesIO(storage.read_bytes(path)), map_location="cpu", weights_only=True)
               for path, _ in storage.list_files(storage.join(trial_dir, "ray"), "state.pt", recursive=True)
