@@ -50,8 +50,9 @@ def plain_loop(data: str, batch_size: int, threads: int) -> float:
     return rate
 
 
-# name: (workers, torch threads per worker or None for the default)
-RAY_RUNS = {"ray_1w_2t": (1, 2), "ray_1w_1t": (1, 1), "ray_2w": (2, None)}
+# name: (workers, torch threads per worker or None for train's default, threads of the
+# plain loop it is compared with)
+RAY_RUNS = {"ray_1w_2t": (1, 2, 2), "ray_1w_1t": (1, 1, 1), "ray_2w": (2, None, 2)}
 
 
 def main():
@@ -78,8 +79,7 @@ def main():
                "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY")}
     plain = {}
     for name in args.runs:
-        workers, threads = RAY_RUNS[name]
-        total_threads = workers * (threads or 1) if workers > 1 else threads
+        workers, threads, total_threads = RAY_RUNS[name]
         if total_threads not in plain:
             plain[total_threads] = plain_loop(data, args.batch_size, total_threads)
             results[f"plain_{total_threads}t_patches_per_s"] = plain[total_threads]

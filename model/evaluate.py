@@ -40,6 +40,7 @@ LIMITED_STRENGTH = 0.8
 STRENGTH_GRID = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
 CALIBRATION_MIXTURES = 24
 METRICS = ("pesq", "stoi", "si_sdr")
+METRIC_NAMES = {"si_sdr": "SI-SDR", "stoi": "STOI", "pesq": "PESQ"}  # in the report's order
 
 
 @torch.no_grad()
@@ -346,17 +347,21 @@ def render_report(report: dict) -> str:
     strength = report["limited_strength"]["strength"]
     for m, unit in (("si_sdr", " dB"), ("stoi", ""), ("pesq", "")):
         verdict.append(
-            f"- {m.upper().replace('_', '-')}: model {o['model_limited'][m]:.3f}{unit} vs noisy {o['noisy'][m]:.3f}{unit} "
+            f"- {METRIC_NAMES[m]}: model {o['model_limited'][m]:.3f}{unit} vs noisy {o['noisy'][m]:.3f}{unit} "
             f"({o['model_limited'][m + '_delta']:+.3f} at strength {strength}; full mask "
             f"{o['model'][m + '_delta']:+.3f}); Wiener {o['wiener'][m + '_delta']:+.3f}, "
             f"spectral gating {o['spectral_gating'][m + '_delta']:+.3f}"
         )
-    ahead = [m for m in ("si_sdr", "stoi", "pesq")
+    ahead = [METRIC_NAMES[m] for m in ("si_sdr", "stoi", "pesq")
              if all(o["model_limited"][m] > o[b][m] for b in ("wiener", "spectral_gating"))]
-    names = {"si_sdr": "SI-SDR", "stoi": "STOI", "pesq": "PESQ"}
-    verdict.append(f"- At its default strength the model is ahead of both baselines on "
-                   f"{', '.join(names[m] for m in ahead) if ahead else 'none of the three measures'}"
-                   f"{'' if len(ahead) in (0, 3) else ' (not on ' + ', '.join(names[m] for m in names if m not in ahead) + ')'}.")
+    behind = [name for name in METRIC_NAMES.values() if name not in ahead]
+    if not ahead:
+        compared = "none of the three measures"
+    elif not behind:
+        compared = ", ".join(ahead)
+    else:
+        compared = f"{', '.join(ahead)} (not on {', '.join(behind)})"
+    verdict.append(f"- At its default strength the model is ahead of both baselines on {compared}.")
     lines = [
         "# Speech enhancement report",
         "",

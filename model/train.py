@@ -341,7 +341,6 @@ def export_run(result, out: str, cfg: TrainConfig, log=print, choose_strength: b
     with tempfile.TemporaryDirectory() as tmp:
         plot_loss_curve(history, Path(tmp) / "loss_curve.png")
         storage.upload(Path(tmp) / "loss_curve.png", storage.join(out, "loss_curve.png"))
-    model.eval()
     results = {
         "best_epoch": int(best_metrics["epoch"]),
         "best_val_loss": float(best_metrics["val_loss"]),
