@@ -1,14 +1,22 @@
 """Build throughput: Ray Data (2 CPUs) against a single-process loop doing the same work.
 
 Both run the same functions (probe_file, plan_mixtures, write_patch_file) and write the
-same Parquet files; the loop does it all in one process. Peak
-memory is the summed PSS of the driver and every process below it (Ray's GCS, raylet,
-workers and object store are children of a local ``ray.init``), sampled every 0.2 s.
+same Parquet files; the loop does it all in one process.
 
-    python bench/build_throughput.py [--clean DIR --noise DIR] [--k 2] [--scale 4]
+    python bench/build_throughput.py [--clean DIR --noise DIR] [--k 2] [--scale 4] [--repeat 3]
 
-Defaults use ../shared/data/dev (real recordings). Results go to stdout as JSON lines;
-copy them into BENCHMARKS.md.
+Defaults use ../shared/data/dev (real recordings). Speed and memory are measured in
+separate runs:
+- speed: the loop and the 1x Ray build are timed ``--repeat`` times each and the
+  medians are compared (all samples are printed too). Every run starts after the
+  previous run's output is deleted and flushed (``sync``, then a 1 s pause): writing
+  into a disk still busy discarding the last run's gigabytes made timings vary by 20%.
+- memory: one more run of each, sampling the summed PSS of the driver and every
+  process below it (Ray's GCS, raylet, workers and object store are children of a
+  local ``ray.init``) every 0.2 s. Reading PSS of Ray's ~20 processes takes ~45 ms, a
+  fifth of a CPU at that rate, which is why the timed runs do without it. The 4x
+  build (for the memory ratio) is only run this way, so its time includes that cost.
+Results go to stdout as JSON; copy them into BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import tempfile
 import threading
 import time
@@ -76,12 +85,19 @@ def single_process_build(cfg: build.BuildConfig) -> int:
     return len(mixtures)
 
 
+def settle() -> None:
+    """Let the disk finish the previous run's writes and discards before timing."""
+    os.sync()
+    time.sleep(1.0)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--clean", default=str(DEV / "speech"))
     parser.add_argument("--noise", default=str(DEV / "noise"))
     parser.add_argument("--k", type=int, default=2, help="noises per clean utterance at 1x")
     parser.add_argument("--scale", type=int, default=4)
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs of the loops and of Ray at 1x")
     parser.add_argument("--work", default=None, help="scratch folder (default: a temp dir)")
     args = parser.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_build_"))
@@ -90,19 +106,34 @@ def main():
         # Noise shared across splits so K noises per utterance exist in every split.
         return build.BuildConfig(args.clean, args.noise, str(work / name), noises_per_clean=k, split_noise=False)
 
+    def timed(name: str, k: int, run) -> list[float]:  # noqa: ANN001
+        samples = []
+        for _ in range(args.repeat):
+            settle()
+            t0 = time.time()
+            run(config(name, k))
+            samples.append(time.time() - t0)
+            shutil.rmtree(work / name)
+        return samples
+
+    def peak_mib(name: str, k: int, run) -> tuple[float, object]:  # noqa: ANN001
+        settle()
+        with PeakMemory() as mem:
+            result = run(config(name, k))
+        shutil.rmtree(work / name)
+        return mem.peak / 2**20, result
+
     results = {"machine": f"{os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB"}
     # The loop as a user would write it (torch's default intra-op threads: it uses
     # more than one core inside torch.stft), and pinned to one thread.
     loops = {}
     for name, threads in (("loop", torch.get_num_threads()), ("loop_1_thread", 1)):
         torch.set_num_threads(threads)
-        with PeakMemory() as mem:
-            t0 = time.time()
-            n_loop = single_process_build(config(name, args.k))
-            loops[name] = time.time() - t0
-        results[name] = {"mixtures": n_loop, "seconds": loops[name], "torch_threads": threads,
-                         "peak_pss_mib": mem.peak / 2**20}
-        shutil.rmtree(work / name)
+        samples = timed(name, args.k, single_process_build)
+        peak, n_loop = peak_mib(name, args.k, single_process_build)
+        loops[name] = statistics.median(samples)
+        results[name] = {"mixtures": n_loop, "seconds": loops[name], "seconds_samples": samples,
+                         "torch_threads": threads, "peak_pss_mib": peak}
 
     import ray
 
@@ -111,23 +142,29 @@ def main():
     t0 = time.time()
     init_ray(num_cpus=2)
     results["ray_start_seconds"] = time.time() - t0
-    # The first Ray build starts the worker processes; the second 1x build is the one
-    # recorded, so both recorded runs start from the same warm state.
-    for name, k in (("ray_1x", args.k), ("ray_1x", args.k), (f"ray_{args.scale}x", args.k * args.scale)):
-        with PeakMemory() as mem:
-            info = build.build_dataset(config(name, k), log=lambda *_: None)
+
+    def ray_build(cfg: build.BuildConfig) -> dict:
+        return build.build_dataset(cfg, log=lambda *_: None)
+
+    # The first build starts the worker processes and is not recorded, so every
+    # recorded run starts from the same warm state.
+    ray_build(config("warm-up", args.k))
+    shutil.rmtree(work / "warm-up")
+    samples = timed("ray_1x", args.k, ray_build)
+    for name, k in (("ray_1x", args.k), (f"ray_{args.scale}x", args.k * args.scale)):
+        peak, info = peak_mib(name, k, ray_build)
         results[name] = {
             "mixtures": info["totals"]["mixtures"],
             "patches": info["totals"]["patches"],
-            "seconds": info["seconds"],
-            "mixture_seconds_per_second": info["mixture_seconds_per_second"],
-            "peak_pss_mib": mem.peak / 2**20,
+            "seconds": statistics.median(samples) if name == "ray_1x" else info["seconds"],
+            "peak_pss_mib": peak,
         }
         if name == "ray_1x":
-            audio_s = info["totals"]["mixture_seconds"]
-            for loop_name, seconds in loops.items():
-                results[loop_name]["mixture_seconds_per_second"] = audio_s / seconds
-        shutil.rmtree(work / name)
+            results[name]["seconds_samples"] = samples
+        results[name]["mixture_seconds_per_second"] = info["totals"]["mixture_seconds"] / results[name]["seconds"]
+    audio_s = results["ray_1x"]["mixture_seconds_per_second"] * results["ray_1x"]["seconds"]
+    for loop_name, loop_seconds in loops.items():
+        results[loop_name]["mixture_seconds_per_second"] = audio_s / loop_seconds
     ray.shutdown()
     big = f"ray_{args.scale}x"
     results["speedup_ray_vs_loop"] = results["ray_1x"]["mixture_seconds_per_second"] / results["loop"]["mixture_seconds_per_second"]
