@@ -86,7 +86,7 @@ def main():
         cfg = TrainConfig(data=data, out=str(work / name), epochs=args.epochs, workers=workers,
                           batch_size=args.batch_size, patience=args.epochs, torch_threads=threads)
         started = time.time()
-        train(cfg, log=lambda *_: None)
+        train(cfg, log=lambda *_: None, choose_strength=False)  # the export's calibration is not timed
         with open(work / name / "history.csv") as f:
             last = f.read().strip().splitlines()[-1].split(",")
         results[f"{name}_patches_per_s"] = float(last[-1])
