@@ -352,7 +352,7 @@ def render_report(report: dict) -> str:
             f"{o['model'][m + '_delta']:+.3f}); Wiener {o['wiener'][m + '_delta']:+.3f}, "
             f"spectral gating {o['spectral_gating'][m + '_delta']:+.3f}"
         )
-    ahead = [METRIC_NAMES[m] for m in ("si_sdr", "stoi", "pesq")
+    ahead = [name for m, name in METRIC_NAMES.items()
              if all(o["model_limited"][m] > o[b][m] for b in ("wiener", "spectral_gating"))]
     behind = [name for name in METRIC_NAMES.values() if name not in ahead]
     if not ahead:

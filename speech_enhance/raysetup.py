@@ -49,7 +49,5 @@ def task_count(n_items: int, max_items_per_task: int) -> int:
     most ``max_items_per_task`` items per task, though, so that a cluster that
     starts small (``ray up`` with no worker nodes yet) still has tasks left for the
     nodes the autoscaler adds."""
-    if n_items <= 0:
-        return 1
     cpus = int(ray.cluster_resources().get("CPU", 0))
     return max(1, min(n_items, max(2 * cpus, math.ceil(n_items / max_items_per_task))))
