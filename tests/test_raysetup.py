@@ -1,6 +1,7 @@
 """What init_ray gives the job's Ray workers."""
 
 import os
+import time
 
 import pytest
 
@@ -23,3 +24,37 @@ def test_task_count_keeps_every_cpu_busy_and_bounds_items_per_task(ray_session):
     assert task_count(3, 8) == 3  # never more tasks than items
     assert task_count(1000, 8) == 125  # at most 8 items per task, for nodes yet to come
     assert task_count(0, 8) == 1
+
+
+@pytest.mark.timeout(120)
+def test_ray_data_runs_tasks_on_every_cpu_from_the_start(ray_session):
+    """Two 0.8 s tasks on 2 CPUs overlap. With Ray 2.60's once-a-second refresh of Ray
+    Data's CPU budget (see start_ray_data_at_full_width) the second one starts only
+    after ~1 s, when the first has finished."""
+
+    def span(row: dict) -> list[dict]:
+        start = time.time()
+        time.sleep(0.8)
+        return [{"start": start, "end": time.time()}]
+
+    for _ in range(2):  # the first round may wait for worker processes to start
+        spans = ray_session.data.from_items([{"i": 0}, {"i": 1}], override_num_blocks=2).flat_map(span).take_all()
+    first, second = sorted(spans, key=lambda s: s["start"])
+    assert second["start"] < first["end"], f"tasks ran one after the other: {spans}"
+
+
+def test_contiguous_groups_balance_cost_and_keep_order():
+    from speech_enhance.raysetup import contiguous_groups
+
+    assert contiguous_groups([1.0] * 23, 4) == [range(0, 6), range(6, 11), range(11, 17), range(17, 23)]
+    # Cheap items at the end (a split's remainder, small val/test files) share a run.
+    assert contiguous_groups([10, 10, 10, 10, 10, 10, 5, 5, 1, 1, 1, 1], 4) == [
+        range(0, 2), range(2, 4), range(4, 6), range(6, 12)]
+    assert contiguous_groups([100, 1, 1, 1], 2) == [range(0, 1), range(1, 4)]
+    assert contiguous_groups([1, 1, 1, 100], 2) == [range(0, 3), range(3, 4)]
+    assert contiguous_groups([5.0], 3) == [range(0, 1)]  # never an empty run
+    assert contiguous_groups([], 3) == []
+    for costs, n in (([3, 1, 4, 1, 5, 9, 2, 6], 3), ([1] * 7, 7), ([0, 0, 0, 5], 2)):
+        runs = contiguous_groups(costs, n)
+        assert [i for r in runs for i in r] == list(range(len(costs)))
+        assert len(runs) == min(n, len(costs)) and all(len(r) for r in runs)
