@@ -3,14 +3,17 @@
 Both run the same functions (probe_file, plan_mixtures, write_patch_file) and write the
 same Parquet files; the loop does it all in one process.
 
-    python bench/build_throughput.py [--clean DIR --noise DIR] [--k 2] [--scale 4] [--repeat 3]
+    python bench/build_throughput.py [--clean DIR --noise DIR] [--k 2] [--scale 4] [--repeat 5]
 
 Defaults use ../shared/data/dev (real recordings). Speed and memory are measured in
 separate runs:
-- speed: the loop and the 1x Ray build are timed ``--repeat`` times each and the
-  medians are compared (all samples are printed too). Every run starts after the
-  previous run's output is deleted and flushed (``sync``, then a 1 s pause): writing
-  into a disk still busy discarding the last run's gigabytes made timings vary by 20%.
+- speed: ``--repeat`` rounds, each timing the loop (torch's default threads), the loop
+  on one torch thread and the 1x Ray build, in that order, after one untimed loop
+  build; Ray is started for its run (and warmed by one untimed build) and shut down
+  after it, so the loops run without it. Interleaving puts the machine's drift on all three alike. Medians are compared,
+  and the ratio of each round is printed too. Every run starts after the previous
+  run's output is deleted and flushed (``sync``, then a 1 s pause): writing into a
+  disk still busy discarding the last run's gigabytes made timings vary by 20%.
 - memory: one more run of each, sampling the summed PSS of the driver and every
   process below it (Ray's GCS, raylet, workers and object store are children of a
   local ``ray.init``) every 0.2 s. Reading PSS of Ray's ~20 processes takes ~45 ms, a
@@ -97,24 +100,25 @@ def main():
     parser.add_argument("--noise", default=str(DEV / "noise"))
     parser.add_argument("--k", type=int, default=2, help="noises per clean utterance at 1x")
     parser.add_argument("--scale", type=int, default=4)
-    parser.add_argument("--repeat", type=int, default=3, help="timed runs of the loops and of Ray at 1x")
+    parser.add_argument("--repeat", type=int, default=5, help="timed rounds (each: both loops, then Ray at 1x)")
     parser.add_argument("--work", default=None, help="scratch folder (default: a temp dir)")
     args = parser.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_build_"))
+    import ray
+
+    from speech_enhance.raysetup import init_ray
 
     def config(name, k):
         # Noise shared across splits so K noises per utterance exist in every split.
         return build.BuildConfig(args.clean, args.noise, str(work / name), noises_per_clean=k, split_noise=False)
 
-    def timed(name: str, k: int, run) -> list[float]:  # noqa: ANN001
-        samples = []
-        for _ in range(args.repeat):
-            settle()
-            t0 = time.time()
-            run(config(name, k))
-            samples.append(time.time() - t0)
-            shutil.rmtree(work / name)
-        return samples
+    def timed(name: str, k: int, run) -> float:  # noqa: ANN001
+        settle()
+        t0 = time.time()
+        run(config(name, k))
+        seconds = time.time() - t0
+        shutil.rmtree(work / name)
+        return seconds
 
     def peak_mib(name: str, k: int, run) -> tuple[float, object]:  # noqa: ANN001
         settle()
@@ -123,39 +127,49 @@ def main():
         shutil.rmtree(work / name)
         return mem.peak / 2**20, result
 
-    results = {"machine": f"{os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB"}
-    # The loop as a user would write it (torch's default intra-op threads: it uses
-    # more than one core inside torch.stft), and pinned to one thread.
-    loops = {}
-    for name, threads in (("loop", torch.get_num_threads()), ("loop_1_thread", 1)):
-        torch.set_num_threads(threads)
-        samples = timed(name, args.k, single_process_build)
-        peak, n_loop = peak_mib(name, args.k, single_process_build)
-        loops[name] = statistics.median(samples)
-        results[name] = {"mixtures": n_loop, "seconds": loops[name], "seconds_samples": samples,
-                         "torch_threads": threads, "peak_pss_mib": peak}
-
-    import ray
-
-    from speech_enhance.raysetup import init_ray
-
-    t0 = time.time()
-    init_ray(num_cpus=2)
-    results["ray_start_seconds"] = time.time() - t0
-
     def ray_build(cfg: build.BuildConfig) -> dict:
         return build.build_dataset(cfg, log=lambda *_: None)
 
-    # The first build starts the worker processes and is not recorded, so every
-    # recorded run starts from the same warm state.
-    ray_build(config("warm-up", args.k))
+    def start_ray() -> float:
+        t0 = time.time()
+        init_ray(num_cpus=2)
+        started = time.time() - t0
+        # The first build starts the worker processes and is not timed, so every timed
+        # build starts from the same warm state.
+        ray_build(config("warm-up", args.k))
+        shutil.rmtree(work / "warm-up")
+        return started
+
+    # The loop as a user would write it (torch's default intra-op threads: it uses more
+    # than one core inside torch.stft), and pinned to one thread.
+    loop_threads = {"loop": torch.get_num_threads(), "loop_1_thread": 1}
+    # Rounds interleave the three runs, so that the machine's drift (the loop's time
+    # varied 7.5-9.0 s between runs an hour apart) falls on all of them alike. Ray is
+    # shut down while the loops run.
+    samples = {name: [] for name in (*loop_threads, "ray_1x")}
+    single_process_build(config("warm-up", args.k))  # untimed, like Ray's first build
     shutil.rmtree(work / "warm-up")
-    samples = timed("ray_1x", args.k, ray_build)
+    ray_start = []
+    for _ in range(args.repeat):
+        for name, threads in loop_threads.items():
+            torch.set_num_threads(threads)
+            samples[name].append(timed(name, args.k, single_process_build))
+        ray_start.append(start_ray())
+        samples["ray_1x"].append(timed("ray_1x", args.k, ray_build))
+        ray.shutdown()
+    results = {"machine": f"{os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB",
+               "ray_start_seconds": statistics.median(ray_start)}
+    for name, threads in loop_threads.items():
+        torch.set_num_threads(threads)
+        peak, n_loop = peak_mib(name, args.k, single_process_build)
+        results[name] = {"mixtures": n_loop, "seconds": statistics.median(samples[name]),
+                         "seconds_samples": samples[name], "torch_threads": threads, "peak_pss_mib": peak}
+    start_ray()
     big = f"ray_{args.scale}x"
     for name, k in (("ray_1x", args.k), (big, args.k * args.scale)):
         peak, info = peak_mib(name, k, ray_build)
         # 1x: the median of the timed runs; the 4x run is only timed with the sampler on.
-        seconds = statistics.median(samples) if name == "ray_1x" else info["seconds"]
+        seconds = statistics.median(samples[name]) if name == "ray_1x" else info["seconds"]
         results[name] = {
             "mixtures": info["totals"]["mixtures"],
             "patches": info["totals"]["patches"],
@@ -164,14 +178,16 @@ def main():
             "peak_pss_mib": peak,
         }
         if name == "ray_1x":
-            results[name]["seconds_samples"] = samples
-            for loop_name, loop_seconds in loops.items():  # the loops render the same 1x mixtures
-                results[loop_name]["mixture_seconds_per_second"] = info["totals"]["mixture_seconds"] / loop_seconds
+            results[name]["seconds_samples"] = samples[name]
+            for loop_name in loop_threads:  # the loops render the same 1x mixtures
+                results[loop_name]["mixture_seconds_per_second"] = (
+                    info["totals"]["mixture_seconds"] / results[loop_name]["seconds"])
     ray.shutdown()
-    results["speedup_ray_vs_loop"] = results["ray_1x"]["mixture_seconds_per_second"] / results["loop"]["mixture_seconds_per_second"]
-    results["speedup_ray_vs_loop_1_thread"] = (
-        results["ray_1x"]["mixture_seconds_per_second"] / results["loop_1_thread"]["mixture_seconds_per_second"]
-    )
+    for loop_name, suffix in (("loop", "loop"), ("loop_1_thread", "loop_1_thread")):
+        results[f"speedup_ray_vs_{suffix}"] = results[loop_name]["seconds"] / results["ray_1x"]["seconds"]
+        # Per round (runs minutes apart share the machine's state): the spread of the ratio.
+        results[f"speedup_ray_vs_{suffix}_per_round"] = [
+            loop / ray_s for loop, ray_s in zip(samples[loop_name], samples["ray_1x"], strict=True)]
     results["memory_ratio_4x_vs_1x"] = results[big]["peak_pss_mib"] / results["ray_1x"]["peak_pss_mib"]
     print(json.dumps(results, indent=2))
 

@@ -273,9 +273,17 @@ def _probe_inputs(cfg: BuildConfig) -> tuple[list[SourceFile], list[SourceFile],
     from speech_enhance.raysetup import task_count
 
     items, skipped = list_inputs(cfg)
-    blocks = task_count(len(items), PROBES_PER_TASK)
-    probed = ray.data.from_items(items, override_num_blocks=blocks).map(probe_file).take_all()
-    return sort_probed(cfg, probed, skipped)
+    # Plain Ray tasks, not Ray Data: the probe returns one small dict per input file, so
+    # streaming buys nothing, and a Ray Data execution's start-up and tear-down cost
+    # 0.25 s against 0.13 s for these tasks (129 files, 2 CPUs).
+    per_task = -(-len(items) // task_count(len(items), PROBES_PER_TASK))
+    probe = ray.remote(_probe_files)
+    parts = ray.get([probe.remote(items[i : i + per_task]) for i in range(0, len(items), per_task)])
+    return sort_probed(cfg, [row for part in parts for row in part], skipped)
+
+
+def _probe_files(items: list[dict]) -> list[dict]:
+    return [probe_file(item) for item in items]
 
 
 def _reasons(skipped: list[dict]) -> str:

@@ -67,16 +67,21 @@ def start_ray_data_at_full_width() -> None:
 
 
 def task_count(n_items: int, max_items_per_task: int) -> int:
-    """How many Ray Data tasks (blocks) to split ``n_items`` work items into.
+    """How many Ray tasks to split ``n_items`` work items into.
 
     Two per CPU of the cluster: Ray Data starts a task's successor only after its
     scheduling loop has seen it finish, 0.1-0.2 s later on a busy 2-CPU machine, so
     a task per item left the CPUs idle for a third of a build (BENCHMARKS.md). At
     most ``max_items_per_task`` items per task, though, so that a cluster that
     starts small (``ray up`` with no worker nodes yet) still has tasks left for the
-    nodes the autoscaler adds."""
+    nodes the autoscaler adds. The count is rounded up to a multiple of the CPUs, so
+    that tasks of equal cost end together (5 on 2 CPUs would leave one CPU idle for
+    a fifth of the run)."""
     cpus = int(ray.cluster_resources().get("CPU", 0))
-    return max(1, min(n_items, max(2 * cpus, math.ceil(n_items / max_items_per_task))))
+    tasks = max(2 * cpus, math.ceil(n_items / max_items_per_task), 1)
+    if cpus:
+        tasks = cpus * math.ceil(tasks / cpus)
+    return max(1, min(n_items, tasks))
 
 
 def contiguous_groups(costs: list[float], n_groups: int) -> list[range]:
