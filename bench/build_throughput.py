@@ -183,10 +183,10 @@ def main():
                 results[loop_name]["mixture_seconds_per_second"] = (
                     info["totals"]["mixture_seconds"] / results[loop_name]["seconds"])
     ray.shutdown()
-    for loop_name, suffix in (("loop", "loop"), ("loop_1_thread", "loop_1_thread")):
-        results[f"speedup_ray_vs_{suffix}"] = results[loop_name]["seconds"] / results["ray_1x"]["seconds"]
+    for loop_name in loop_threads:
+        results[f"speedup_ray_vs_{loop_name}"] = results[loop_name]["seconds"] / results["ray_1x"]["seconds"]
         # Per round (runs minutes apart share the machine's state): the spread of the ratio.
-        results[f"speedup_ray_vs_{suffix}_per_round"] = [
+        results[f"speedup_ray_vs_{loop_name}_per_round"] = [
             loop / ray_s for loop, ray_s in zip(samples[loop_name], samples["ray_1x"], strict=True)]
     results["memory_ratio_4x_vs_1x"] = results[big]["peak_pss_mib"] / results["ray_1x"]["peak_pss_mib"]
     print(json.dumps(results, indent=2))
