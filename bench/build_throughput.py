@@ -10,10 +10,11 @@ separate runs:
 - speed: ``--repeat`` rounds, each timing the loop (torch's default threads), the loop
   on one torch thread and the 1x Ray build, in that order, after one untimed loop
   build; Ray is started for its run (and warmed by one untimed build) and shut down
-  after it, so the loops run without it. Interleaving puts the machine's drift on all three alike. Medians are compared,
-  and the ratio of each round is printed too. Every run starts after the previous
-  run's output is deleted and flushed (``sync``, then a 1 s pause): writing into a
-  disk still busy discarding the last run's gigabytes made timings vary by 20%.
+  after it, so the loops run without it. Interleaving puts the machine's drift on all
+  three alike. Medians are compared, and the ratio of each round is printed too.
+  Every run starts after the previous run's output is deleted and flushed (``sync``,
+  then a 1 s pause): writing into a disk still busy discarding the last run's
+  gigabytes made timings vary by 20%.
 - memory: one more run of each, sampling the summed PSS of the driver and every
   process below it (Ray's GCS, raylet, workers and object store are children of a
   local ``ray.init``) every 0.2 s. Reading PSS of Ray's ~20 processes takes ~45 ms, a

@@ -78,7 +78,7 @@ def task_count(n_items: int, max_items_per_task: int) -> int:
     that tasks of equal cost end together (5 on 2 CPUs would leave one CPU idle for
     a fifth of the run)."""
     cpus = int(ray.cluster_resources().get("CPU", 0))
-    tasks = max(2 * cpus, math.ceil(n_items / max_items_per_task), 1)
+    tasks = max(2 * cpus, math.ceil(n_items / max_items_per_task))
     if cpus:
         tasks = cpus * math.ceil(tasks / cpus)
     return max(1, min(n_items, tasks))
