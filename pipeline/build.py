@@ -165,9 +165,11 @@ def write_patch_file(rows: list[dict], path: str | os.PathLike, dtype: str = "fl
             if pending_rows >= ROW_GROUP_ROWS:
                 writer = _flush(writer, sink, pending)
                 pending, pending_rows = [], 0
+                storage.release_written(sink)
         if pending:
             writer = _flush(writer, sink, pending)
         writer.close()
+        storage.release_written(sink)
     return results
 
 

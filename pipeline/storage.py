@@ -134,12 +134,12 @@ def open_output(path: PathLike) -> Iterator[pa.NativeFile]:
     Locally: a temporary file in the same folder, renamed. For a URI: a local temporary
     file, uploaded afterwards (a pyarrow S3 stream would publish a half-written object
     on close, as it has no abort)."""
-    local_fs = pafs.LocalFileSystem()
+    # pa.OSFile rather than LocalFileSystem's stream: it exposes its file descriptor,
+    # which release_written needs.
     if is_uri(path):
-        fs, inner = filesystem(path)
         with tempfile.TemporaryDirectory(prefix="speech-enhance-") as tmp:
             staged = os.path.join(tmp, name(path))
-            with local_fs.open_output_stream(staged) as f:
+            with pa.OSFile(staged, "wb") as f:
                 yield f
             upload(staged, path)
         return
@@ -147,11 +147,32 @@ def open_output(path: PathLike) -> Iterator[pa.NativeFile]:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
     try:
-        with local_fs.open_output_stream(str(tmp)) as f:
+        with pa.OSFile(str(tmp), "wb") as f:
             yield f
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def release_written(stream: pa.NativeFile) -> None:
+    """Write-behind for a large file written once: start writing ``stream``'s dirty pages
+    to disk and drop from the page cache the pages already written.
+
+    Called after each chunk, it keeps only the last chunk or two of the file in memory.
+    A build writes gigabytes that nothing reads back soon; left in the page cache they
+    crowd out the rest, and every chunk needs fresh pages, which is slow where the OS
+    hands free memory back to a hypervisor (measured on this project's Firecracker VM:
+    2.5 GB written in 3.6-5.2 s as usual, in 1.3-1.5 s with write-behind). Does nothing
+    where the stream has no file descriptor or the OS has no ``posix_fadvise``."""
+    if not hasattr(os, "posix_fadvise"):
+        return
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError):  # io.UnsupportedOperation is an OSError
+        return
+    # POSIX_FADV_DONTNEED on Linux starts writeback of the dirty pages (without
+    # waiting) and evicts the clean ones: the pages handed over by the previous call.
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
 
 def write_bytes(path: PathLike, data: bytes) -> None:

@@ -1,5 +1,8 @@
 """Local paths and s3:// URIs behave the same through pipeline.storage (no Ray)."""
 
+import os
+
+import pyarrow as pa
 import pytest
 
 from pipeline import storage
@@ -37,3 +40,18 @@ def test_failed_write_leaves_nothing(base):
         raise RuntimeError("interrupted")
     assert not storage.exists(target)
     assert storage.list_files(base, recursive=True) == []  # no temp file left behind either
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="no posix_fadvise on this OS")
+def test_release_written_advises_the_kernel_on_the_file_being_written(base, monkeypatch):
+    advised = []
+    monkeypatch.setattr(os, "posix_fadvise", lambda *args: advised.append(args))
+    target = storage.join(base, "big.bin")
+    with storage.open_output(target) as f:
+        f.write(b"x" * 4096)
+        storage.release_written(f)
+        fd = f.fileno()
+    assert advised == [(fd, 0, 0, os.POSIX_FADV_DONTNEED)]
+    assert storage.read_bytes(target) == b"x" * 4096
+    storage.release_written(pa.BufferOutputStream())  # no file descriptor: nothing to do
+    assert len(advised) == 1
