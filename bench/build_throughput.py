@@ -40,6 +40,7 @@ import torch
 
 from pipeline import build
 from pipeline.plan import as_rows, plan_mixtures
+from speech_enhance import allocator
 
 HERE = Path(__file__).resolve().parent
 DEV = HERE.parent.parent / "shared" / "data" / "dev"
@@ -96,6 +97,8 @@ def settle() -> None:
 
 
 def main():
+    # As the CLI does: the loops here run with the malloc settings of Ray's workers.
+    allocator.keep_freed_memory()
     parser = argparse.ArgumentParser()
     parser.add_argument("--clean", default=str(DEV / "speech"))
     parser.add_argument("--noise", default=str(DEV / "noise"))

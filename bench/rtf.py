@@ -16,9 +16,12 @@ import torch
 
 from model.enhance import enhance_array
 from model.net import build_model
+from speech_enhance import allocator
 
 
 def main():
+    # As `speech-enhance enhance` does (speech_enhance.allocator).
+    allocator.keep_freed_memory()
     parser = argparse.ArgumentParser()
     parser.add_argument("--widths", default="32,64,64,32")
     parser.add_argument("--seconds", type=float, default=60.0)

@@ -30,6 +30,7 @@ import torch
 from model.data import local_batches
 from model.net import build_model
 from model.train import TrainConfig, train
+from speech_enhance import allocator
 
 
 def plain_loop(data: str, batch_size: int, threads: int) -> float:
@@ -56,6 +57,8 @@ RAY_RUNS = {"ray_1w_2t": (1, 2, 2), "ray_1w_1t": (1, 1, 1), "ray_2w": (2, None, 
 
 
 def main():
+    # As the CLI does: the loops here run with the malloc settings of Ray's workers.
+    allocator.keep_freed_memory()
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", default=None)
     parser.add_argument("--epochs", type=int, default=2)

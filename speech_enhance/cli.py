@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from speech_enhance import allocator
+
 
 def _fractions(values: list[float]) -> tuple[float, float, float]:
     if len(values) != 3:
@@ -249,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    allocator.keep_freed_memory()  # for the work this process does itself
     try:
         return args.func(args)
     except (RuntimeError, FileNotFoundError, ValueError) as err:

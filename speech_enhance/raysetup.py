@@ -10,6 +10,8 @@ import os
 
 import ray
 
+from speech_enhance import allocator
+
 
 def worker_runtime_env() -> dict:
     """The environment of this job's Ray workers.
@@ -18,8 +20,10 @@ def worker_runtime_env() -> dict:
     default. In a Ray worker that shares its CPUs with Ray Data's readers and Ray's own
     processes, that spinning takes their time and the training threads then wait on
     the data: one Train worker with 2 threads on 2 CPUs ran at 8.1 patches/s spinning
-    and 8.6 passive (BENCHMARKS.md). A value already in the environment wins."""
-    return {"env_vars": {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}}
+    and 8.6 passive (BENCHMARKS.md). glibc's malloc keeps freed memory for reuse
+    (:mod:`speech_enhance.allocator`). A value already in the environment wins."""
+    env = {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"), **allocator.worker_env()}
+    return {"env_vars": env}
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:

@@ -7,12 +7,18 @@ import pytest
 
 
 @pytest.mark.timeout(60)
-def test_workers_run_openmp_passive_unless_the_user_chose(ray_session):
-    @ray_session.remote
-    def wait_policy() -> str | None:
-        return os.environ.get("OMP_WAIT_POLICY")
+def test_workers_run_openmp_passive_and_keep_freed_memory_unless_the_user_chose(ray_session):
+    from speech_enhance import allocator
 
-    assert ray_session.get(wait_policy.remote()) == os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
+    names = ["OMP_WAIT_POLICY", *allocator.SETTINGS]
+
+    @ray_session.remote
+    def settings() -> list[str | None]:
+        return [os.environ.get(name) for name in names]
+
+    expected = [os.environ.get("OMP_WAIT_POLICY", "PASSIVE"), *allocator.worker_env().values()]
+    assert ray_session.get(settings.remote()) == expected
+    assert expected[1:] == [os.environ.get(name, str(value)) for name, (_, value) in allocator.SETTINGS.items()]
 
 
 @pytest.mark.timeout(60)
