@@ -12,9 +12,9 @@ the settings below (2 threads: 10.9 and 20.2). The dataset build lost 1.7 s of 7
 to 270,000 faults.
 
 The settings: never serve a block by ``mmap``, keep up to 1 GiB of free heap, and one
-heap for all threads. A process then holds on to its peak heap until it exits, which for the build's and
-training's long-lived workers is the memory they reuse anyway. Values a user has set
-in the environment win. glibc only: elsewhere nothing changes.
+heap for all threads. A process then holds on to its peak heap until it exits, which
+for the build's and training's long-lived workers is the memory they reuse anyway.
+Values a user has set in the environment win. glibc only: elsewhere nothing changes.
 """
 
 from __future__ import annotations
