@@ -12,8 +12,10 @@ count for the computation):
     ray_1w_2t  1 worker, 2 torch threads (the default for 1 worker on 2 CPUs) vs plain, 2 threads
     ray_1w_1t  1 worker, 1 torch thread                                      vs plain, 1 thread
     ray_2w     2 workers, 1 thread each (DDP; the default for 2 workers)     vs plain, 2 threads
+    ray_1gpu   1 GPU worker (bf16 autocast, 1 torch thread)                  vs plain on the GPU
 
-Prints JSON; copy it into BENCHMARKS.md.
+Both sides run the same epoch function (model.train._run_epoch). The GPU run is left out
+where torch sees no GPU. Prints JSON; copy it into BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -29,31 +31,30 @@ import torch
 
 from model.data import local_batches
 from model.net import build_model
-from model.train import TrainConfig, train
+from model.train import TrainConfig, _run_epoch, train
 from speech_enhance import allocator
 
 
-def plain_loop(data: str, batch_size: int, threads: int) -> float:
+def plain_loop(data: str, batch_size: int, threads: int, device: str = "cpu") -> float:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = build_model()
+    model = build_model().to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2)
     rate = 0.0
     for _ in range(2):  # the first pass warms up allocator and caches
-        started, patches = time.time(), 0
-        for noisy, clean in local_batches(data, "train", batch_size):
-            loss = torch.nn.functional.l1_loss(model(noisy) * noisy, clean)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            patches += len(noisy)
+        started = time.time()
+        _, _, patches = _run_epoch(model, local_batches(data, "train", batch_size), torch.device(device), optimizer,
+                                   amp=device == "cuda")
+        if device == "cuda":
+            torch.cuda.synchronize()
         rate = patches / (time.time() - started)
     return rate
 
 
 # name: (workers, torch threads per worker or None for train's default, threads of the
-# plain loop it is compared with)
-RAY_RUNS = {"ray_1w_2t": (1, 2, 2), "ray_1w_1t": (1, 1, 1), "ray_2w": (2, None, 2)}
+# plain loop it is compared with, device)
+RAY_RUNS = {"ray_1w_2t": (1, 2, 2, "cpu"), "ray_1w_1t": (1, 1, 1, "cpu"), "ray_2w": (2, None, 2, "cpu"),
+            "ray_1gpu": (1, 1, 1, "cuda")}
 
 
 def main():
@@ -63,7 +64,8 @@ def main():
     parser.add_argument("--data", default=None)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--runs", nargs="+", choices=list(RAY_RUNS), default=list(RAY_RUNS))
+    parser.add_argument("--runs", nargs="+", choices=list(RAY_RUNS),
+                        default=[name for name, run in RAY_RUNS.items() if run[3] == "cpu" or torch.cuda.is_available()])
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench_train_"))
     from speech_enhance.raysetup import init_ray
@@ -78,23 +80,25 @@ def main():
         data = str(work / "data")
         build_dataset(BuildConfig(str(work / "corpus/speech"), str(work / "corpus/noise"), data,
                                   snrs=[5.0, 0.0], noises_per_clean=1), log=lambda *_: None)
-    results = {"machine": f"{os.cpu_count()} CPUs", "data": data, "batch_size": args.batch_size,
+    results = {"machine": f"{os.cpu_count()} CPUs" + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""), "data": data, "batch_size": args.batch_size,
                "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY")}
     plain = {}
     for name in args.runs:
-        workers, threads, total_threads = RAY_RUNS[name]
-        if total_threads not in plain:
-            plain[total_threads] = plain_loop(data, args.batch_size, total_threads)
-            results[f"plain_{total_threads}t_patches_per_s"] = plain[total_threads]
+        workers, threads, total_threads, device = RAY_RUNS[name]
+        baseline = f"plain_{total_threads}t" + ("_gpu" if device == "cuda" else "")
+        if baseline not in plain:
+            plain[baseline] = plain_loop(data, args.batch_size, total_threads, device)
+            results[f"{baseline}_patches_per_s"] = plain[baseline]
         cfg = TrainConfig(data=data, out=str(work / name), epochs=args.epochs, workers=workers,
-                          batch_size=args.batch_size, patience=args.epochs, torch_threads=threads)
+                          batch_size=args.batch_size, patience=args.epochs, torch_threads=threads,
+                          gpu="yes" if device == "cuda" else "no")
         started = time.time()
         train(cfg, log=lambda *_: None, choose_strength=False)  # the export's calibration is not timed
         with open(work / name / "history.csv") as f:
             last = f.read().strip().splitlines()[-1].split(",")
         results[f"{name}_patches_per_s"] = float(last[-1])
         results[f"{name}_wall_s"] = time.time() - started
-        results[f"{name}_vs_plain_{total_threads}t"] = float(last[-1]) / plain[total_threads]
+        results[f"{name}_vs_{baseline}"] = float(last[-1]) / plain[baseline]
     print(json.dumps(results, indent=2))
 
 

@@ -147,13 +147,15 @@ def train_loop_per_worker(config: dict) -> None:
         state = saved["train_state"]
     if state["stopped"] or state["epoch"] >= config["epochs"]:
         return  # a finished run: nothing left to do
-    # Which Ray node each rank runs on (results.json shows how a run was spread).
-    state["worker_nodes"] = [None] * context.get_world_size()
-    node = ray.get_runtime_context().get_node_id()
+    # Which Ray node and device each rank runs on (results.json shows how a run was spread).
+    placement = [None] * context.get_world_size()
+    here = (ray.get_runtime_context().get_node_id(), str(device))
     if dist.is_available() and dist.is_initialized():
-        dist.all_gather_object(state["worker_nodes"], node)
+        dist.all_gather_object(placement, here)
     else:
-        state["worker_nodes"] = [node]
+        placement = [here]
+    state["worker_nodes"] = [node for node, _ in placement]
+    state["worker_devices"] = [dev for _, dev in placement]
     start_steps = _adam_steps(optimizer)
 
     train_shard = ray.train.get_dataset_shard("train")
@@ -347,6 +349,7 @@ def export_run(result, out: str, cfg: TrainConfig, log=print, choose_strength: b
         "epochs_run": len(history),
         "early_stopped": bool(latest["train_state"]["stopped"]),
         "worker_nodes": latest["train_state"].get("worker_nodes", []),
+        "worker_devices": latest["train_state"].get("worker_devices", []),
         "val_loss_identity_mask": identity_l1(cfg.data, "val"),
         "test_loss": test_l1(model, cfg.data),
         "test_loss_identity_mask": identity_l1(cfg.data, "test"),

@@ -132,3 +132,21 @@ def test_trials_leave_a_cpu_for_ray_data(cpus, gpus, workers, gpus_per_trial, ex
         assert concurrent * workers * worker_cpus <= cpus - 1
     with pytest.raises(ValueError, match="GPU"):
         plan_concurrency(TuneConfig(data="d", out="o", gpus_per_trial=1), cpus, 0)
+
+
+def test_search_refuses_to_start_without_rays_state_api(ray_session, monkeypatch):
+    """Without the state API, trials that Tune stops keep their resources and the
+    search hangs (tune.search.require_state_api): it must fail at once instead."""
+    import ray.util.state
+    from ray.util.state.exception import ServerUnavailable
+
+    from tune.search import TuneError, require_state_api
+
+    require_state_api()  # the suite's Ray runs its dashboard
+
+    def unavailable(*args, **kwargs):
+        raise ServerUnavailable("Failed to connect to API server.")
+
+    monkeypatch.setattr(ray.util.state, "list_actors", unavailable)
+    with pytest.raises(TuneError, match="dashboard"):
+        require_state_api(wait_s=0)

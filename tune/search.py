@@ -80,6 +80,41 @@ def plan_concurrency(cfg: TuneConfig, cpus: float, gpus: float) -> tuple[int, fl
     return concurrent, worker_cpus, threads
 
 
+class TuneError(RuntimeError):
+    pass
+
+
+def require_state_api(wait_s: float = 30.0) -> None:
+    """Fail fast where Ray's state API is missing (it is served by the dashboard, which
+    ``ray[default]`` installs and ``ray start`` runs unless told not to).
+
+    Tune stops a trial (ASHA, or at its last epoch) by killing the trial's actor. The
+    placement group of that trial's Ray Train run is scoped to the job, not to the
+    killed actor, and Ray Train's placement-group cleaner removes it only once it sees,
+    through the state API, that the run's controller died. Without the API every
+    stopped trial keeps its CPUs or GPU and the next trial waits for them forever: a
+    search with one GPU hung after its first trial, and one on 2 CPUs hung too
+    (BENCHMARKS.md). The dashboard can take a few seconds to answer after Ray starts."""
+    import time
+
+    from ray.util.state import list_actors
+    from ray.util.state.exception import RayStateApiException
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            list_actors(limit=1, timeout=10, raise_on_missing_output=False)
+            return
+        except RayStateApiException as err:
+            if time.monotonic() >= deadline:
+                raise TuneError(
+                    "Ray's state API does not answer, so Ray Train could not release the resources of "
+                    "trials that Tune stops and the search would hang: run Ray with its dashboard "
+                    f"(install ray[default]; no --include-dashboard=false) ({str(err).splitlines()[0]})"
+                ) from err
+            time.sleep(1)
+
+
 def search(cfg: TuneConfig, log=print) -> dict:  # noqa: ANN001
     """Run or resume the search; writes trials.csv, best_config.json, best/, trials.png."""
     import ray
@@ -95,6 +130,7 @@ def search(cfg: TuneConfig, log=print) -> dict:  # noqa: ANN001
     out = storage.resolve(cfg.out)  # a local folder or a URI (s3://...)
     storage.make_dirs(out)
     init_ray()
+    require_state_api()
     ray.data.DataContext.get_current().enable_progress_bars = False
     space = load_space(cfg.space)
     resources = ray.cluster_resources()
