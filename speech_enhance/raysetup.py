@@ -21,9 +21,13 @@ def worker_runtime_env() -> dict:
     processes, that spinning takes their time and the training threads then wait on
     the data: one Train worker with 2 threads on 2 CPUs ran at 8.1 patches/s spinning
     and 8.6 passive (BENCHMARKS.md). glibc's malloc keeps freed memory for reuse
-    (:mod:`speech_enhance.allocator`). A value already in the environment wins."""
+    (:mod:`speech_enhance.allocator`). A value already in the environment wins.
+
+    Every worker process also runs :func:`start_ray_data_at_full_width` when it starts:
+    Ray Train's datasets are executed, once per epoch, by a ``SplitCoordinator`` actor
+    rather than by the driver."""
     env = {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"), **allocator.worker_env()}
-    return {"env_vars": env}
+    return {"env_vars": env, "worker_process_setup_hook": f"{__name__}.start_ray_data_at_full_width"}
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -53,15 +57,18 @@ RAY_DATA_LIMITS_REFRESH_S = 0.1
 
 def start_ray_data_at_full_width() -> None:
     """Let Ray Data executions started from this process use the cluster's CPUs from
-    their first tenth of a second instead of their second second.
+    their first tenth of a second instead of their second second (called by
+    :func:`init_ray` in the driver and, as a setup hook, in every worker process).
 
     Ray 2.60's streaming executor learns its CPU budget from the autoscaling coordinator
     actor by an asynchronous call whose answer it first reads on the next refresh, and
     it refreshes once a second (``ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S``, a
     private constant). Until then the budget is zero and only one task runs, so every
     execution spends its first second on one CPU: 16 one-second tasks on 8 CPUs took
-    3.35 s instead of 2.4 s, and the dataset build's write phase lost about a second
-    of one of its two CPUs (BENCHMARKS.md). A refresh is one non-blocking actor call.
+    3.35 s instead of 2.4 s, the dataset build's write phase lost about a second of
+    one of its two CPUs, and each training epoch's data (398 patches) took 0.98 s
+    instead of 0.66-0.81 s to arrive (BENCHMARKS.md). A refresh is one non-blocking
+    actor call.
     Only the constant's value changes, and only while it has the value measured here:
     a Ray that renames or retunes it is left alone (tests/test_raysetup.py notices)."""
     from ray.data._internal.execution.resource_manager import ResourceManager

@@ -22,6 +22,22 @@ def test_workers_run_openmp_passive_and_keep_freed_memory_unless_the_user_chose(
 
 
 @pytest.mark.timeout(60)
+def test_worker_processes_start_ray_data_executions_at_full_width(ray_session):
+    """Ray Train's SplitCoordinator actor runs each epoch's Ray Data execution: worker
+    processes need start_ray_data_at_full_width as much as the driver."""
+    from speech_enhance.raysetup import RAY_DATA_LIMITS_REFRESH_S
+
+    @ray_session.remote
+    class Probe:
+        def refresh_interval(self) -> float:
+            from ray.data._internal.execution.resource_manager import ResourceManager
+
+            return ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S
+
+    assert ray_session.get(Probe.remote().refresh_interval.remote()) == RAY_DATA_LIMITS_REFRESH_S
+
+
+@pytest.mark.timeout(60)
 def test_task_count_keeps_every_cpu_busy_and_bounds_items_per_task(ray_session):
     from speech_enhance.raysetup import task_count
 
