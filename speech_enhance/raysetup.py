@@ -51,8 +51,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     start_ray_data_at_full_width()
 
 
-# How often (s) this process's Ray Data executions re-read the CPUs they may use.
+# How often (s) a Ray Data execution re-reads the CPUs it may use until it knows them.
 RAY_DATA_LIMITS_REFRESH_S = 0.1
+RAY_LIMITS_UPDATE_INTERVAL_S = 1  # Ray 2.60's own interval, which this module works around
 
 
 def start_ray_data_at_full_width() -> None:
@@ -67,14 +68,26 @@ def start_ray_data_at_full_width() -> None:
     execution spends its first second on one CPU: 16 one-second tasks on 8 CPUs took
     3.35 s instead of 2.4 s, the dataset build's write phase lost about a second of
     one of its two CPUs, and each training epoch's data (398 patches) took 0.98 s
-    instead of 0.66-0.81 s to arrive (BENCHMARKS.md). A refresh is one non-blocking
-    actor call.
-    Only the constant's value changes, and only while it has the value measured here:
-    a Ray that renames or retunes it is left alone (tests/test_raysetup.py notices)."""
+    instead of 0.56-0.81 s to arrive (BENCHMARKS.md).
+
+    The constant becomes a property: 0.1 s while the executor's known CPU budget is
+    zero, Ray's 1 s once it has one. Refreshing every 0.1 s for a whole execution
+    instead (one actor call each) cost two CPU-bound training workers 2-4% of their
+    speed, as a training epoch is one long execution. Only a constant that still has
+    the value measured here is replaced: a Ray that renames or retunes it is left
+    alone (tests/test_raysetup.py notices)."""
     from ray.data._internal.execution.resource_manager import ResourceManager
 
-    if getattr(ResourceManager, "GLOBAL_LIMITS_UPDATE_INTERVAL_S", None) == 1:
-        ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S = RAY_DATA_LIMITS_REFRESH_S
+    if getattr(ResourceManager, "GLOBAL_LIMITS_UPDATE_INTERVAL_S", None) == RAY_LIMITS_UPDATE_INTERVAL_S:
+        ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S = property(limits_refresh_interval)
+
+
+def limits_refresh_interval(resource_manager: object) -> float:
+    """Seconds between an executor's refreshes of its resource budget: fast until the
+    budget's CPUs are known (non-zero), then Ray's own interval."""
+    limits = getattr(resource_manager, "_global_limits", None)
+    known = limits is not None and getattr(limits, "cpu", 0) > 0
+    return RAY_LIMITS_UPDATE_INTERVAL_S if known else RAY_DATA_LIMITS_REFRESH_S
 
 
 def task_count(n_items: int, max_items_per_task: int) -> int:

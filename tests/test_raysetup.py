@@ -25,16 +25,30 @@ def test_workers_run_openmp_passive_and_keep_freed_memory_unless_the_user_chose(
 def test_worker_processes_start_ray_data_executions_at_full_width(ray_session):
     """Ray Train's SplitCoordinator actor runs each epoch's Ray Data execution: worker
     processes need start_ray_data_at_full_width as much as the driver."""
-    from speech_enhance.raysetup import RAY_DATA_LIMITS_REFRESH_S
+    from speech_enhance.raysetup import limits_refresh_interval
 
     @ray_session.remote
     class Probe:
-        def refresh_interval(self) -> float:
+        def refresh_interval_is_patched(self) -> bool:
             from ray.data._internal.execution.resource_manager import ResourceManager
 
-            return ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S
+            interval = ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S
+            return isinstance(interval, property) and interval.fget is limits_refresh_interval
 
-    assert ray_session.get(Probe.remote().refresh_interval.remote()) == RAY_DATA_LIMITS_REFRESH_S
+    assert ray_session.get(Probe.remote().refresh_interval_is_patched.remote())
+
+
+def test_budget_refresh_is_fast_only_until_the_cpus_are_known():
+    from types import SimpleNamespace
+
+    from ray.data._internal.execution.interfaces import ExecutionResources
+
+    from speech_enhance.raysetup import RAY_DATA_LIMITS_REFRESH_S, RAY_LIMITS_UPDATE_INTERVAL_S
+    from speech_enhance.raysetup import limits_refresh_interval as interval
+
+    assert interval(SimpleNamespace(_global_limits=ExecutionResources.zero())) == RAY_DATA_LIMITS_REFRESH_S
+    assert interval(SimpleNamespace(_global_limits=ExecutionResources(cpu=2))) == RAY_LIMITS_UPDATE_INTERVAL_S
+    assert interval(SimpleNamespace()) == RAY_DATA_LIMITS_REFRESH_S
 
 
 @pytest.mark.timeout(60)
