@@ -80,7 +80,8 @@ def main():
         data = str(work / "data")
         build_dataset(BuildConfig(str(work / "corpus/speech"), str(work / "corpus/noise"), data,
                                   snrs=[5.0, 0.0], noises_per_clean=1), log=lambda *_: None)
-    results = {"machine": f"{os.cpu_count()} CPUs" + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""), "data": data, "batch_size": args.batch_size,
+    machine = f"{os.cpu_count()} CPUs" + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "")
+    results = {"machine": machine, "data": data, "batch_size": args.batch_size,
                "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY")}
     plain = {}
     for name in args.runs:

@@ -68,7 +68,7 @@ def start_ray_data_at_full_width() -> None:
     execution spends its first second on one CPU: 16 one-second tasks on 8 CPUs took
     3.35 s instead of 2.4 s, the dataset build's write phase lost about a second of
     one of its two CPUs, and each training epoch's data (398 patches) took 0.98 s
-    instead of 0.56-0.81 s to arrive (BENCHMARKS.md).
+    to arrive instead of 0.68-0.77 s (BENCHMARKS.md).
 
     The constant becomes a property: 0.1 s while the executor's known CPU budget is
     zero, Ray's 1 s once it has one. Refreshing every 0.1 s for a whole execution

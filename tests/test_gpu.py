@@ -52,11 +52,11 @@ def test_training_runs_on_the_gpu_resumes_there_and_exports_a_cpu_model(gpu_data
     assert results["epochs_run"] == 3 and results["worker_devices"] == ["cuda:0"]
 
     # The exported model holds CPU tensors: it loads where no GPU exists.
-    model, meta = load_model(run / BEST_MODEL, device="cpu")
+    model, _ = load_model(run / BEST_MODEL, device="cpu")
     assert all(p.device.type == "cpu" for p in model.parameters())
     noisy = torch.rand(1, 1, 257, 64)
-    # cuDNN convolutions default to TF32 (a 10-bit mantissa): the first GPU run of this
-    # check, with it on, missed 1e-4. Compared in full float32 here.
+    # cuDNN convolutions default to TF32 (a 10-bit mantissa), the likely reason why the
+    # first GPU run of this check missed 1e-4: compared in full float32 here.
     with torch.no_grad(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
         on_cpu = model(noisy)
         on_gpu = model.to("cuda")(noisy.to("cuda")).cpu()
