@@ -86,12 +86,16 @@ def tiny_corpus(tmp_path_factory) -> tuple[Path, Path]:
     return make_tiny_corpus(tmp_path_factory.mktemp("corpus"))
 
 
-@pytest.fixture(scope="session")
-def tiny_dataset(ray_session, tiny_corpus, tmp_path_factory) -> Path:
-    """A built dataset (2 SNRs) from the tiny corpus, shared by training tests."""
+def build_tiny_dataset(clean: Path, noise: Path, out: Path) -> Path:
+    """The training tests' dataset: the tiny corpus at 2 SNRs (Ray must be running)."""
     from pipeline.build import BuildConfig, build_dataset
 
-    clean, noise = tiny_corpus
-    out = tmp_path_factory.mktemp("tiny_dataset") / "data"
     build_dataset(BuildConfig(str(clean), str(noise), str(out), snrs=[5.0, -5.0]), log=lambda *_: None)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(ray_session, tiny_corpus, tmp_path_factory) -> Path:
+    """A built dataset from the tiny corpus, shared by training tests."""
+    clean, noise = tiny_corpus
+    return build_tiny_dataset(clean, noise, tmp_path_factory.mktemp("tiny_dataset") / "data")

@@ -19,9 +19,8 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def gpu_dataset(tmp_path_factory):
-    from conftest import make_tiny_corpus
+    from conftest import build_tiny_dataset, make_tiny_corpus
 
-    from pipeline.build import BuildConfig, build_dataset
     from speech_enhance.raysetup import init_ray
 
     init_ray()
@@ -29,9 +28,7 @@ def gpu_dataset(tmp_path_factory):
 
     assert ray.cluster_resources().get("GPU", 0) >= 1, "Ray sees no GPU on a machine where torch sees one"
     clean, noise = make_tiny_corpus(tmp_path_factory.mktemp("gpu_corpus"))
-    out = tmp_path_factory.mktemp("gpu_dataset") / "data"
-    build_dataset(BuildConfig(str(clean), str(noise), str(out), snrs=[5.0, -5.0]), log=lambda *_: None)
-    return out
+    return build_tiny_dataset(clean, noise, tmp_path_factory.mktemp("gpu_dataset") / "data")
 
 
 def test_training_runs_on_the_gpu_resumes_there_and_exports_a_cpu_model(gpu_dataset, tmp_path):

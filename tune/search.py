@@ -15,6 +15,7 @@ import io
 import math
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,8 +96,6 @@ def require_state_api(wait_s: float = 30.0) -> None:
     stopped trial keeps its CPUs or GPU and the next trial waits for them forever: a
     search with one GPU hung after its first trial, and one on 2 CPUs hung too
     (BENCHMARKS.md). The dashboard can take a few seconds to answer after Ray starts."""
-    import time
-
     from ray.util.state import list_actors
     from ray.util.state.exception import RayStateApiException
 
@@ -107,10 +106,11 @@ def require_state_api(wait_s: float = 30.0) -> None:
             return
         except RayStateApiException as err:
             if time.monotonic() >= deadline:
+                reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
                 raise TuneError(
                     "Ray's state API does not answer, so Ray Train could not release the resources of "
                     "trials that Tune stops and the search would hang: run Ray with its dashboard "
-                    f"(install ray[default]; no --include-dashboard=false) ({str(err).splitlines()[0]})"
+                    f"(install ray[default]; no --include-dashboard=false) ({reason})"
                 ) from err
             time.sleep(1)
 
