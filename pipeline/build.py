@@ -28,11 +28,15 @@ from pipeline.plan import SPLITS, MixturePlan, SourceFile, as_rows, plan_mixture
 
 FORMAT_VERSION = 1
 PATCH_TENSORS = store.TENSOR_COLUMNS
-# Most file jobs (each ~128 MiB of patches by default) and input files to probe per
-# Ray task: few enough per task that new nodes of an autoscaling cluster find tasks
-# left; see speech_enhance.raysetup.task_count for why not one per task.
-FILES_PER_TASK = 8
-PROBES_PER_TASK = 64
+# Ray tasks per CPU and most items per task (speech_enhance.raysetup.task_count) for
+# writing file jobs (each ~128 MiB of patches by default) and for probing input files.
+# Writing goes through Ray Data, which starts a task's successor 0.14-0.4 s after the
+# task ends: one task per CPU, of up to 16 files (~5 s of work on this project's VM,
+# so that gap costs a few percent), was 7% faster than two per CPU of up to 8 files
+# (BENCHMARKS.md). The probe's plain Ray tasks queue at the raylet with no such gap,
+# so two per CPU even out input files of unequal length for free.
+WRITE_TASKS_PER_CPU, FILES_PER_TASK = 1, 16
+PROBE_TASKS_PER_CPU, PROBES_PER_TASK = 2, 64
 # Patch rows per Parquet row group (~12 MiB at float32): small enough to write as we go.
 ROW_GROUP_ROWS = 64
 DEFAULT_FILE_BYTES = 128 * 2**20
@@ -278,7 +282,7 @@ def _probe_inputs(cfg: BuildConfig) -> tuple[list[SourceFile], list[SourceFile],
     # Plain Ray tasks, not Ray Data: the probe returns one small dict per input file, so
     # streaming buys nothing, and a Ray Data execution's start-up and tear-down cost
     # 0.25 s against 0.13 s for these tasks (129 files, 2 CPUs).
-    per_task = -(-len(items) // task_count(len(items), PROBES_PER_TASK))
+    per_task = -(-len(items) // task_count(len(items), PROBES_PER_TASK, PROBE_TASKS_PER_CPU))
     probe = ray.remote(_probe_files)
     parts = ray.get([probe.remote(items[i : i + per_task]) for i in range(0, len(items), per_task)])
     return sort_probed(cfg, [row for part in parts for row in part], skipped)
@@ -341,7 +345,7 @@ def _write_files(jobs: list[dict], dtype: str, fault_injection: dict | None = No
     # is left with the long task while the others finish early.
     costs = [sum(m["n_patches"] for m in job["mixtures"]) for job in jobs]
     tasks = [{"jobs": jobs[run.start : run.stop]}
-             for run in contiguous_groups(costs, task_count(len(jobs), FILES_PER_TASK))]
+             for run in contiguous_groups(costs, task_count(len(jobs), FILES_PER_TASK, WRITE_TASKS_PER_CPU))]
     ds = ray.data.from_items(tasks, override_num_blocks=len(tasks))
     return ds.flat_map(_write_task, fn_kwargs={"dtype": dtype, "fault_injection": fault_injection}).take_all()
 

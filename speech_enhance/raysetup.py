@@ -90,19 +90,20 @@ def limits_refresh_interval(resource_manager: object) -> float:
     return RAY_LIMITS_UPDATE_INTERVAL_S if known else RAY_DATA_LIMITS_REFRESH_S
 
 
-def task_count(n_items: int, max_items_per_task: int) -> int:
+def task_count(n_items: int, max_items_per_task: int, tasks_per_cpu: int) -> int:
     """How many Ray tasks to split ``n_items`` work items into.
 
-    Two per CPU of the cluster: Ray Data starts a task's successor only after its
-    scheduling loop has seen it finish, 0.1-0.2 s later on a busy 2-CPU machine, so
-    a task per item left the CPUs idle for a third of a build (BENCHMARKS.md). At
-    most ``max_items_per_task`` items per task, though, so that a cluster that
-    starts small (``ray up`` with no worker nodes yet) still has tasks left for the
-    nodes the autoscaler adds. The count is rounded up to a multiple of the CPUs, so
-    that tasks of equal cost end together (5 on 2 CPUs would leave one CPU idle for
-    a fifth of the run)."""
+    ``tasks_per_cpu`` of the cluster's CPUs at least, so that every CPU has work; more
+    per CPU even out items of unequal cost, but where each task's start has a price
+    (Ray Data starts a task's successor only after its scheduling loop has seen the
+    task finish: 0.14-0.4 s later on a busy 2-CPU machine) one per CPU is faster
+    (BENCHMARKS.md). At most ``max_items_per_task`` items per task, though, so that a
+    cluster that starts small (``ray up`` with no worker nodes yet) still has tasks left
+    for the nodes the autoscaler adds. The count is rounded up to a multiple of the
+    CPUs, so that tasks of equal cost end together (3 on 2 CPUs would leave one CPU idle
+    for a third of the run)."""
     cpus = int(ray.cluster_resources().get("CPU", 0))
-    tasks = max(2 * cpus, math.ceil(n_items / max_items_per_task))
+    tasks = max(tasks_per_cpu * cpus, math.ceil(n_items / max_items_per_task))
     if cpus:
         tasks = cpus * math.ceil(tasks / cpus)
     return max(1, min(n_items, tasks))

@@ -56,11 +56,12 @@ def test_task_count_keeps_every_cpu_busy_and_bounds_items_per_task(ray_session):
     from speech_enhance.raysetup import task_count
 
     assert ray_session.cluster_resources()["CPU"] == 2
-    assert task_count(23, 8) == 4  # two tasks per CPU
-    assert task_count(3, 8) == 3  # never more tasks than items
-    assert task_count(1000, 8) == 126  # at most 8 items per task, for nodes yet to come,
-    assert task_count(40, 8) == 6  # and a multiple of the CPU count
-    assert task_count(0, 8) == 1
+    assert task_count(23, 16, 1) == 2  # one task per CPU
+    assert task_count(23, 8, 2) == 4  # or two
+    assert task_count(3, 8, 2) == 3  # never more tasks than items
+    assert task_count(1000, 16, 1) == 64  # at most 16 items per task, for nodes yet to come,
+    assert task_count(40, 16, 1) == 4  # and a multiple of the CPU count
+    assert task_count(0, 16, 1) == 1
 
 
 @pytest.mark.timeout(120)
