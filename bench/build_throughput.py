@@ -1,7 +1,8 @@
 """Build throughput: Ray Data (2 CPUs) against a single-process loop doing the same work.
 
 Both run the same functions (probe_file, plan_mixtures, write_patch_file) and write the
-same Parquet files; the loop does it all in one process.
+same patch files; the loop does it all in one process. The Ray build also writes its
+manifest.parquet and dataset.json, which the loop skips.
 
     python bench/build_throughput.py [--clean DIR --noise DIR] [--k 2] [--scale 4] [--repeat 5]
 

@@ -30,11 +30,11 @@ FORMAT_VERSION = 1
 PATCH_TENSORS = store.TENSOR_COLUMNS
 # Ray tasks per CPU and most items per task (speech_enhance.raysetup.task_count) for
 # writing file jobs (each ~128 MiB of patches by default) and for probing input files.
-# Writing goes through Ray Data, which starts a task's successor 0.14-0.4 s after the
+# Writing goes through Ray Data, which starts a task's successor up to 0.4 s after the
 # task ends: one task per CPU, of up to 16 files (~5 s of work on this project's VM,
-# so that gap costs a few percent), was 7% faster than two per CPU of up to 8 files
-# (BENCHMARKS.md). The probe's plain Ray tasks queue at the raylet with no such gap,
-# so two per CPU even out input files of unequal length for free.
+# so that gap costs a few percent), beat two per CPU of up to 8 files in 20 of 27
+# interleaved rounds (BENCHMARKS.md). The probe's plain Ray tasks queue at the raylet
+# with no such gap, so two per CPU even out input files of unequal length for free.
 WRITE_TASKS_PER_CPU, FILES_PER_TASK = 1, 16
 PROBE_TASKS_PER_CPU, PROBES_PER_TASK = 2, 64
 # Patch rows per Parquet row group (~12 MiB at float32): small enough to write as we go.

@@ -96,7 +96,7 @@ def task_count(n_items: int, max_items_per_task: int, tasks_per_cpu: int) -> int
     ``tasks_per_cpu`` of the cluster's CPUs at least, so that every CPU has work; more
     per CPU even out items of unequal cost, but where each task's start has a price
     (Ray Data starts a task's successor only after its scheduling loop has seen the
-    task finish: 0.14-0.4 s later on a busy 2-CPU machine) one per CPU is faster
+    task finish: up to 0.4 s later on a busy 2-CPU machine) one per CPU is faster
     (BENCHMARKS.md). At most ``max_items_per_task`` items per task, though, so that a
     cluster that starts small (``ray up`` with no worker nodes yet) still has tasks left
     for the nodes the autoscaler adds. The count is rounded up to a multiple of the
