@@ -101,7 +101,7 @@ def task_count(n_items: int, max_items_per_task: int, tasks_per_cpu: int) -> int
     cluster that starts small (``ray up`` with no worker nodes yet) still has tasks left
     for the nodes the autoscaler adds. The count is rounded up to a multiple of the
     CPUs, so that tasks of equal cost end together (3 on 2 CPUs would leave one CPU idle
-    for a third of the run)."""
+    while the third runs)."""
     cpus = int(ray.cluster_resources().get("CPU", 0))
     tasks = max(tasks_per_cpu * cpus, math.ceil(n_items / max_items_per_task))
     if cpus:
