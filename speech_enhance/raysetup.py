@@ -113,9 +113,9 @@ def contiguous_groups(costs: list[float], n_groups: int) -> list[range]:
     """Split items 0..len(costs)-1 into ``n_groups`` runs of consecutive items with about
     equal summed cost (fewer runs if there are fewer items; none empty).
 
-    Ray Data gives each task an equal *count* of items; when items differ in cost (a
-    split's last file is a remainder, val and test files are small) the CPU that draws
-    the cheap tasks idles at the end of the build while another finishes a long one."""
+    Ray Data gives each task an equal *count* of items; when items differ in cost
+    (utterances differ in length) the CPU that draws the cheap tasks idles at the end
+    of the build while another finishes a long one."""
     if not costs:
         return []
     n = max(1, min(n_groups, len(costs)))

@@ -89,6 +89,27 @@ def test_same_seed_gives_identical_manifest_and_tensors(built, tiny_corpus, tmp_
     assert len(list((other / "train").glob("*.parquet"))) > 1
 
 
+def test_write_tasks_cut_at_equal_patch_counts_and_split_files_in_order():
+    patches = [5, 7, 6, 9, 4, 8, 6, 5, 7, 3]  # per mixture; files of 4, 4 and 2 mixtures
+    rows = [{"mixture_id": i, "split": "train" if i < 8 else "val", "n_patches": n} for i, n in enumerate(patches)]
+    jobs = build.file_jobs(rows, "s3://bucket/ds", rows_per_file=26)
+    assert [[m["mixture_id"] for m in job["mixtures"]] for job in jobs] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert build.write_tasks(jobs, 1) == [jobs]  # one task: the files as planned
+    tasks = build.write_tasks(jobs, 2)
+    # 60 patches: the cut falls after mixture 4 (31 | 29), inside the second file.
+    ids = [[[m["mixture_id"] for m in job["mixtures"]] for job in task] for task in tasks]
+    assert ids == [[[0, 1, 2, 3], [4]], [[5, 6, 7], [8, 9]]]
+    paths = [job["path"] for task in tasks for job in task]
+    assert paths == ["s3://bucket/ds/train/part-00000000.parquet", "s3://bucket/ds/train/part-00000004.parquet",
+                     "s3://bucket/ds/train/part-00000005.parquet", "s3://bucket/ds/val/part-00000008.parquet"]
+    assert [job["index"] for task in tasks for job in task] == [0, 1, 2, 3]
+    # However many tasks: every mixture once, in order, and no task is empty.
+    for n in range(1, 12):
+        tasks = build.write_tasks(jobs, n)
+        assert len(tasks) == min(n, len(rows)) and all(tasks)
+        assert [m["mixture_id"] for task in tasks for job in task for m in job["mixtures"]] == list(range(len(rows)))
+
+
 def test_bad_inputs_are_skipped_with_reasons(ray_session, tiny_corpus, tmp_path):
     clean, noise = tiny_corpus
     work = tmp_path / "in"
