@@ -179,11 +179,14 @@ def write_patch_file(rows: list[dict], path: str | os.PathLike, dtype: str = "fl
 
 
 def _flush(writer: pq.ParquetWriter | None, sink: pa.NativeFile, pending: list[dict]) -> pq.ParquetWriter:
-    """Write the pending mixtures as one row group, opening the file on first use."""
-    table = store.to_arrow({k: np.concatenate([p[k] for p in pending]) for k in pending[0]})
+    """Write the pending mixtures as one row group, opening the file on first use.
+
+    The mixtures' arrays go to the writer as the chunks of one table, not concatenated
+    first: copying ~12 MiB per row group once more made builds 7-8% slower (BENCHMARKS.md)."""
+    table = pa.concat_tables([store.to_arrow(columns) for columns in pending])
     if writer is None:
         writer = pq.ParquetWriter(sink, table.schema, **PARQUET_ARGS)
-    writer.write_table(table)
+    writer.write_table(table, row_group_size=len(table))  # one row group, however many chunks
     return writer
 
 

@@ -66,6 +66,24 @@ def test_manifest_re_renders_stored_tensors_exactly(built):
         np.testing.assert_array_equal(store.decode_column(stored, name), expected[name])
 
 
+def test_patch_file_holds_one_row_group_per_few_mixtures(built, tmp_path, monkeypatch):
+    out, _ = built
+    rows = [r for r in build.load_manifest(out) if r["split"] == "train"]
+    monkeypatch.setattr(build, "ROW_GROUP_ROWS", 3)
+    results = build.write_patch_file(rows, tmp_path / "part.parquet")
+    assert [r["mixture_id"] for r in results] == [r["mixture_id"] for r in rows]
+    # Mixtures are gathered until a row group has at least ROW_GROUP_ROWS rows.
+    expected, group = [], 0
+    for r in rows:
+        group += r["n_patches"]
+        if group >= 3:
+            expected, group = [*expected, group], 0
+    expected += [group] if group else []
+    metadata = pq.ParquetFile(tmp_path / "part.parquet").metadata
+    assert [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)] == expected
+    assert pq.read_table(tmp_path / "part.parquet").equals(_patches(out, "train"))
+
+
 def test_rerun_is_noop_and_other_config_is_refused(built, tiny_corpus, capsys):
     out, info = built
     clean, noise = tiny_corpus
