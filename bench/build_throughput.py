@@ -2,16 +2,19 @@
 
 Both run the same functions (probe_file, plan_mixtures, write_patch_file) and write the
 same patch files; the loop does it all in one process. The Ray build also writes its
-manifest.parquet and dataset.json, which the loop skips.
+manifest.parquet and dataset.json, which the loop skips. A third build runs the same work
+on a ``multiprocessing`` pool of two processes without Ray (probe halves, then one write
+task each, cut as Ray's are): the most any two processes get out of this machine, so
+Ray's own cost is Ray against the pool, and the machine's is the pool against the loop.
 
     python bench/build_throughput.py [--clean DIR --noise DIR] [--k 2] [--scale 4] [--repeat 5]
 
 Defaults use ../shared/data/dev (real recordings). Speed and memory are measured in
 separate runs:
 - speed: ``--repeat`` rounds, each timing the loop (torch's default threads), the loop
-  on one torch thread and the 1x Ray build, in that order, after one untimed loop
-  build; Ray is started for its run (and warmed by one untimed build) and shut down
-  after it, so the loops run without it. Interleaving puts the machine's drift on all
+  on one torch thread, the pool and the 1x Ray build, in that order, after one untimed
+  loop build and one untimed pool build; Ray is started for its run (and warmed by one
+  untimed build) and shut down after it, so the others run without it. Interleaving puts the machine's drift on all
   three alike. Medians are compared, and the ratio of each round is printed too.
   Every run starts after the previous run's output is deleted and flushed (``sync``,
   then a 1 s pause): writing into a disk still busy discarding the last run's
@@ -28,6 +31,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import multiprocessing.pool
 import os
 import shutil
 import statistics
@@ -91,6 +96,34 @@ def single_process_build(cfg: build.BuildConfig) -> int:
     return len(mixtures)
 
 
+def _pool_worker_setup() -> None:
+    # As in Ray's workers: one torch thread per process, freed memory kept.
+    torch.set_num_threads(1)
+    allocator.keep_freed_memory()
+
+
+def _probe_files(items: list[dict]) -> list[dict]:
+    return [build.probe_file(item) for item in items]
+
+
+def _write_files(jobs: list[dict], dtype: str) -> None:
+    for job in jobs:
+        build.write_patch_file(job["mixtures"], job["path"], dtype)
+
+
+def pool_build(cfg: build.BuildConfig, pool: multiprocessing.pool.Pool, processes: int) -> int:
+    """The build on ``processes`` plain processes, no Ray: returns mixture count."""
+    config = cfg.effective()
+    items, skipped = build.list_inputs(cfg)
+    probed = pool.map(_probe_files, [items[i::processes] for i in range(processes)], chunksize=1)
+    clean, noise, _ = build.sort_probed(cfg, [row for part in probed for row in part], skipped)
+    mixtures, _, _ = plan_mixtures(clean, noise, config["snrs"], tuple(config["split"]), cfg.seed,
+                                   cfg.noises_per_clean, cfg.split_noise)
+    jobs = build.file_jobs(as_rows(mixtures), Path(cfg.out_dir), config["rows_per_file"])
+    pool.starmap(_write_files, [(task, cfg.dtype) for task in build.write_tasks(jobs, processes)], chunksize=1)
+    return len(mixtures)
+
+
 def settle() -> None:
     """Let the disk finish the previous run's writes and discards before timing."""
     os.sync()
@@ -151,19 +184,28 @@ def main():
     # Rounds interleave the three runs, so that the machine's drift (the loop's time
     # varied 7.5-9.0 s between runs an hour apart) falls on all of them alike. Ray is
     # shut down while the loops run.
-    samples = {name: [] for name in (*loop_threads, "ray_1x")}
-    single_process_build(config("warm-up", args.k))  # untimed, like Ray's first build
-    shutil.rmtree(work / "warm-up")
+    samples = {name: [] for name in (*loop_threads, "pool", "ray_1x")}
+    pool = multiprocessing.get_context("spawn").Pool(2, initializer=_pool_worker_setup)
+    def run_pool(cfg: build.BuildConfig) -> int:
+        return pool_build(cfg, pool, 2)
+    for name, run in (("warm-up", single_process_build), ("warm-up", run_pool)):
+        run(config(name, args.k))  # untimed, like Ray's first build
+        shutil.rmtree(work / name)
     ray_start = []
     for _ in range(args.repeat):
         for name, threads in loop_threads.items():
             torch.set_num_threads(threads)
             samples[name].append(timed(name, args.k, single_process_build))
+        samples["pool"].append(timed("pool", args.k, run_pool))
         ray_start.append(start_ray())
         samples["ray_1x"].append(timed("ray_1x", args.k, ray_build))
         ray.shutdown()
+    pool.close()
+    pool.join()
     results = {"machine": f"{os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB",
-               "ray_start_seconds": statistics.median(ray_start)}
+               "ray_start_seconds": statistics.median(ray_start),
+               "pool": {"processes": 2, "seconds": statistics.median(samples["pool"]),
+                        "seconds_samples": samples["pool"]}}
     for name, threads in loop_threads.items():
         torch.set_num_threads(threads)
         peak, n_loop = peak_mib(name, args.k, single_process_build)
@@ -193,6 +235,11 @@ def main():
         # Per round (runs minutes apart share the machine's state): the spread of the ratio.
         results[f"speedup_ray_vs_{loop_name}_per_round"] = [
             loop / ray_s for loop, ray_s in zip(samples[loop_name], samples["ray_1x"], strict=True)]
+    # What the machine allows two processes (pool against loop), and what Ray costs on top.
+    results["speedup_pool_vs_loop_1_thread"] = results["loop_1_thread"]["seconds"] / results["pool"]["seconds"]
+    results["speedup_ray_vs_pool"] = results["pool"]["seconds"] / results["ray_1x"]["seconds"]
+    results["speedup_ray_vs_pool_per_round"] = [
+        pool_s / ray_s for pool_s, ray_s in zip(samples["pool"], samples["ray_1x"], strict=True)]
     results["memory_ratio_4x_vs_1x"] = results[big]["peak_pss_mib"] / results["ray_1x"]["peak_pss_mib"]
     print(json.dumps(results, indent=2))
 
