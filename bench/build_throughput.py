@@ -14,8 +14,8 @@ separate runs:
 - speed: ``--repeat`` rounds, each timing the loop (torch's default threads), the loop
   on one torch thread, the pool and the 1x Ray build, in that order, after one untimed
   loop build and one untimed pool build; Ray is started for its run (and warmed by one
-  untimed build) and shut down after it, so the others run without it. Interleaving puts the machine's drift on all
-  three alike. Medians are compared, and the ratio of each round is printed too.
+  untimed build) and shut down after it, so the others run without it. Interleaving
+  puts the machine's drift on all four alike. Medians are compared, and the ratio of each round is printed too.
   Every run starts after the previous run's output is deleted and flushed (``sync``,
   then a 1 s pause): writing into a disk still busy discarding the last run's
   gigabytes made timings vary by 20%.
@@ -39,6 +39,7 @@ import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -83,17 +84,27 @@ class PeakMemory:
         self._thread.join()
 
 
-def single_process_build(cfg: build.BuildConfig) -> int:
-    """The whole build in one process, no Ray: returns mixture count."""
-
+def planned_jobs(cfg: build.BuildConfig, probe: Callable[[list[dict]], list[dict]]) -> tuple[list[dict], int]:
+    """The build's file jobs and mixture count, planned as the build does; ``probe``
+    turns the input items into probe rows."""
     config = cfg.effective()
     items, skipped = build.list_inputs(cfg)
-    clean, noise, _ = build.sort_probed(cfg, [build.probe_file(i) for i in items], skipped)
+    clean, noise, _ = build.sort_probed(cfg, probe(items), skipped)
     mixtures, _, _ = plan_mixtures(clean, noise, config["snrs"], tuple(config["split"]), cfg.seed,
                                    cfg.noises_per_clean, cfg.split_noise)
-    for job in build.file_jobs(as_rows(mixtures), Path(cfg.out_dir), config["rows_per_file"]):
-        build.write_patch_file(job["mixtures"], job["path"], cfg.dtype)
-    return len(mixtures)
+    return build.file_jobs(as_rows(mixtures), Path(cfg.out_dir), config["rows_per_file"]), len(mixtures)
+
+
+def write_files(jobs: list[dict], dtype: str) -> None:
+    for job in jobs:
+        build.write_patch_file(job["mixtures"], job["path"], dtype)
+
+
+def single_process_build(cfg: build.BuildConfig) -> int:
+    """The whole build in one process, no Ray: returns mixture count."""
+    jobs, count = planned_jobs(cfg, build.probe_files)
+    write_files(jobs, cfg.dtype)
+    return count
 
 
 def _pool_worker_setup() -> None:
@@ -102,26 +113,15 @@ def _pool_worker_setup() -> None:
     allocator.keep_freed_memory()
 
 
-def _probe_files(items: list[dict]) -> list[dict]:
-    return [build.probe_file(item) for item in items]
-
-
-def _write_files(jobs: list[dict], dtype: str) -> None:
-    for job in jobs:
-        build.write_patch_file(job["mixtures"], job["path"], dtype)
-
-
 def pool_build(cfg: build.BuildConfig, pool: multiprocessing.pool.Pool, processes: int) -> int:
     """The build on ``processes`` plain processes, no Ray: returns mixture count."""
-    config = cfg.effective()
-    items, skipped = build.list_inputs(cfg)
-    probed = pool.map(_probe_files, [items[i::processes] for i in range(processes)], chunksize=1)
-    clean, noise, _ = build.sort_probed(cfg, [row for part in probed for row in part], skipped)
-    mixtures, _, _ = plan_mixtures(clean, noise, config["snrs"], tuple(config["split"]), cfg.seed,
-                                   cfg.noises_per_clean, cfg.split_noise)
-    jobs = build.file_jobs(as_rows(mixtures), Path(cfg.out_dir), config["rows_per_file"])
-    pool.starmap(_write_files, [(task, cfg.dtype) for task in build.write_tasks(jobs, processes)], chunksize=1)
-    return len(mixtures)
+    def probe(items: list[dict]) -> list[dict]:
+        parts = pool.map(build.probe_files, [items[i::processes] for i in range(processes)], chunksize=1)
+        return [row for part in parts for row in part]
+
+    jobs, count = planned_jobs(cfg, probe)
+    pool.starmap(write_files, [(task, cfg.dtype) for task in build.write_tasks(jobs, processes)], chunksize=1)
+    return count
 
 
 def settle() -> None:
@@ -181,9 +181,9 @@ def main():
     # The loop as a user would write it (torch's default intra-op threads: it uses more
     # than one core inside torch.stft), and pinned to one thread.
     loop_threads = {"loop": torch.get_num_threads(), "loop_1_thread": 1}
-    # Rounds interleave the three runs, so that the machine's drift (the loop's time
+    # Rounds interleave the four runs, so that the machine's drift (the loop's time
     # varied 7.5-9.0 s between runs an hour apart) falls on all of them alike. Ray is
-    # shut down while the loops run.
+    # shut down while the others run.
     samples = {name: [] for name in (*loop_threads, "pool", "ray_1x")}
     pool = multiprocessing.get_context("spawn").Pool(2, initializer=_pool_worker_setup)
     def run_pool(cfg: build.BuildConfig) -> int:
