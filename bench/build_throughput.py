@@ -170,7 +170,7 @@ def main():
 
     def start_ray() -> float:
         t0 = time.time()
-        init_ray(num_cpus=2)
+        init_ray(num_cpus=2, dashboard=False)  # as `speech-enhance build` starts it
         started = time.time() - t0
         # The first build starts the worker processes and is not timed, so every timed
         # build starts from the same warm state.

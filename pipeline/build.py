@@ -380,8 +380,11 @@ def _write_files(jobs: list[dict], dtype: str, fault_injection: dict | None = No
     return ds.flat_map(_write_task, fn_kwargs={"dtype": dtype, "fault_injection": fault_injection}).take_all()
 
 
-def build_dataset(cfg: BuildConfig, overwrite: bool = False, log=print) -> dict:  # noqa: ANN001
-    """Run the whole build; returns the dataset.json contents."""
+def build_dataset(cfg: BuildConfig, overwrite: bool = False, log=print, dashboard: bool = True) -> dict:  # noqa: ANN001
+    """Run the whole build; returns the dataset.json contents. If Ray is not running
+    yet, a local Ray is started, without its dashboard when ``dashboard`` is False
+    (:func:`speech_enhance.raysetup.init_ray`): the CLI's choice, as nothing in a build
+    reads it, but a process that trains afterwards on the same Ray needs it."""
     import ray
 
     from speech_enhance.raysetup import init_ray
@@ -393,7 +396,7 @@ def build_dataset(cfg: BuildConfig, overwrite: bool = False, log=print) -> dict:
         log(f"{out}: dataset is complete and built with the same config - nothing to do")
         return storage.read_json(storage.join(out, "dataset.json"))
     started = time.time()
-    init_ray()
+    init_ray(dashboard=dashboard)
     clean, noise, skipped = _probe_inputs(cfg)
     mixtures, assignment, warnings = plan_mixtures(
         clean, noise, config["snrs"], tuple(config["split"]), cfg.seed, cfg.noises_per_clean, cfg.split_noise

@@ -61,7 +61,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     )
     if args.address:
         init_ray(args.address)
-    build_dataset(cfg, overwrite=args.overwrite)
+    # A local Ray started for the build alone runs without the dashboard (raysetup.local_ray_options).
+    build_dataset(cfg, overwrite=args.overwrite, dashboard=False)
     return 0
 
 

@@ -30,13 +30,14 @@ def worker_runtime_env() -> dict:
     return {"env_vars": env, "worker_process_setup_hook": f"{__name__}.start_ray_data_at_full_width"}
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard: bool = True) -> None:
     """Start or attach to Ray once per process.
 
     ``address`` ("auto" or "HOST:PORT") or the ``RAY_ADDRESS`` environment variable
     attaches to a running cluster (``ray start``/``ray up``); otherwise a local Ray is
     started with this machine's CPUs (or ``num_cpus``). Token authentication stays at
-    Ray's default (on); a local instance creates its own token."""
+    Ray's default (on); a local instance creates its own token. ``dashboard=False``
+    starts a local Ray without the dashboard and metrics export (:func:`local_ray_options`)."""
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
@@ -45,10 +46,28 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     else:
         # The dashboard also serves Ray's state API, which Ray Train's placement-group
         # cleaner polls; without it every run logs a warning every few seconds.
-        ray.init(num_cpus=num_cpus, logging_level=logging.WARNING, runtime_env=worker_runtime_env())
+        ray.init(num_cpus=num_cpus, logging_level=logging.WARNING, runtime_env=worker_runtime_env(),
+                 **local_ray_options(dashboard))
     # Quieter Ray Data logs; progress bars stay on.
     ray.data.DataContext.get_current().enable_progress_bars = True
     start_ray_data_at_full_width()
+
+
+def local_ray_options(dashboard: bool) -> dict:
+    """Extra ``ray.init`` options for a local Ray.
+
+    With ``dashboard=False`` neither the dashboard nor the metrics export runs. The
+    dataset build reads neither (progress goes to the terminal, results to
+    dataset.json), and on a 2-vCPU machine their processes cost builds 2-7% of their
+    time (BENCHMARKS.md). Training and tuning keep them: Ray Train learns through the
+    dashboard's state API that a worker died. ``RAY_enable_metrics_collection`` in the
+    environment wins over the metrics setting."""
+    if dashboard:
+        return {}
+    options: dict = {"include_dashboard": False}
+    if "RAY_enable_metrics_collection" not in os.environ:
+        options["_system_config"] = {"enable_metrics_collection": False}
+    return options
 
 
 # How often (s) a Ray Data execution re-reads the CPUs it may use until it knows them.

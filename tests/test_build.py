@@ -180,3 +180,10 @@ def test_killed_worker_is_retried_and_dataset_is_identical(built, tiny_corpus, t
     assert marker.exists()  # a worker process really died mid-build ...
     for split in ("train", "val", "test"):  # ... and no patch row is missing or duplicated
         assert _patches(out, split).equals(_patches(other, split))
+
+
+def test_build_command_starts_its_local_ray_without_dashboard(monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(build, "build_dataset", lambda cfg, **kwargs: calls.append(kwargs))
+    assert main(["build", "--clean", str(tmp_path), "--noise", str(tmp_path), "--out", str(tmp_path / "o")]) == 0
+    assert calls == [{"overwrite": False, "dashboard": False}]

@@ -104,3 +104,37 @@ def test_contiguous_groups_balance_cost_and_keep_order():
         runs = contiguous_groups(costs, n)
         assert [i for r in runs for i in r] == list(range(len(costs)))
         assert len(runs) == min(n, len(costs)) and all(len(r) for r in runs)
+
+
+def test_local_ray_without_dashboard_also_drops_metrics_unless_the_user_chose(monkeypatch):
+    from speech_enhance.raysetup import local_ray_options
+
+    assert local_ray_options(dashboard=True) == {}
+    monkeypatch.delenv("RAY_enable_metrics_collection", raising=False)
+    assert local_ray_options(dashboard=False) == {
+        "include_dashboard": False, "_system_config": {"enable_metrics_collection": False}}
+    monkeypatch.setenv("RAY_enable_metrics_collection", "1")
+    assert local_ray_options(dashboard=False) == {"include_dashboard": False}
+
+
+@pytest.mark.timeout(120)
+def test_a_local_ray_starts_without_dashboard_and_runs_tasks(tmp_path):
+    """This Ray accepts the options (an unknown system-config key fails ray.init), and
+    no dashboard answers. Its own process: the test session's Ray stays as it is."""
+    import json
+    import subprocess
+    import sys
+
+    script = (
+        "import json, ray\n"
+        "from speech_enhance.raysetup import init_ray\n"
+        "init_ray(num_cpus=1, dashboard=False)\n"
+        "one = ray.get(ray.remote(lambda: 1).remote())\n"
+        "print(json.dumps({'webui': ray._private.worker._global_node.address_info.get('webui_url'), 'one': one}))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=110,
+                          env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["one"] == 1 and not result["webui"], result
