@@ -58,8 +58,8 @@ def local_ray_options(dashboard: bool) -> dict:
 
     With ``dashboard=False`` neither the dashboard nor the metrics export runs. The
     dataset build reads neither (progress goes to the terminal, results to
-    dataset.json), and on a 2-vCPU machine their processes cost builds 2-7% of their
-    time (BENCHMARKS.md). Training and tuning keep them: Ray Train learns through the
+    dataset.json), and on a 2-vCPU machine their processes slowed builds (BENCHMARKS.md,
+    session 11). Task events stay on: ``ray.timeline()`` reads them. Training and tuning keep them: Ray Train learns through the
     dashboard's state API that a worker died. ``RAY_enable_metrics_collection`` in the
     environment wins over the metrics setting."""
     if dashboard:
