@@ -15,7 +15,8 @@ separate runs:
   on one torch thread, the pool and the 1x Ray build, in that order, after one untimed
   loop build and one untimed pool build; Ray is started for its run (and warmed by one
   untimed build) and shut down after it, so the others run without it. Interleaving
-  puts the machine's drift on all four alike. Medians are compared, and the ratio of each round is printed too.
+  puts the machine's drift on all four alike. Medians are compared, and the ratio of
+  each round is printed too.
   Every run starts after the previous run's output is deleted and flushed (``sync``,
   then a 1 s pause): writing into a disk still busy discarding the last run's
   gigabytes made timings vary by 20%.

@@ -44,8 +44,6 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
     if address:
         ray.init(address=address, logging_level=logging.WARNING, runtime_env=worker_runtime_env())
     else:
-        # The dashboard also serves Ray's state API, which Ray Train's placement-group
-        # cleaner polls; without it every run logs a warning every few seconds.
         ray.init(num_cpus=num_cpus, logging_level=logging.WARNING, runtime_env=worker_runtime_env(),
                  **local_ray_options(dashboard))
     # Quieter Ray Data logs; progress bars stay on.
@@ -59,9 +57,12 @@ def local_ray_options(dashboard: bool) -> dict:
     With ``dashboard=False`` neither the dashboard nor the metrics export runs. The
     dataset build reads neither (progress goes to the terminal, results to
     dataset.json), and on a 2-vCPU machine their processes slowed builds (BENCHMARKS.md,
-    session 11). Task events stay on: ``ray.timeline()`` reads them. Training and tuning keep them: Ray Train learns through the
-    dashboard's state API that a worker died. ``RAY_enable_metrics_collection`` in the
-    environment wins over the metrics setting."""
+    session 11). Task events stay on: ``ray.timeline()`` reads them.
+    ``RAY_enable_metrics_collection`` in the environment wins over the metrics setting.
+
+    Training and tuning need the dashboard: it serves Ray's state API, through which
+    Ray Train learns that a worker died (its placement-group cleaner polls it, and logs
+    a warning every few seconds when it cannot)."""
     if dashboard:
         return {}
     options: dict = {"include_dashboard": False}
