@@ -88,7 +88,7 @@ def joint_gain(level_db: float, *signals: np.ndarray) -> float:
     """Gain that brings the first signal's RMS to ``level_db`` dBFS without any of
     ``signals`` exceeding ``PEAK_CEILING``."""
     rms = np.sqrt(power(signals[0]))
-    peak = max(float(np.max(np.abs(s))) for s in signals)
+    peak = max(max(float(s.max()), -float(s.min())) for s in signals)  # no |s| temporaries
     gain = 10.0 ** (level_db / 20.0) / max(rms, 1e-12)
     return float(min(gain, PEAK_CEILING / max(peak, 1e-12)))
 
@@ -110,15 +110,21 @@ def render_mixture(
     segment = fit_noise(noise, len(clean), noise_offset)
     noise_added = scale_noise_to_snr(clean, segment, snr)
     gain = joint_gain(level_db, clean + noise_added, clean, noise_added)
-    clean_g = (clean * gain).astype(np.float32)
-    noise_g = (noise_added * gain).astype(np.float32)
+    clean_g = (clean * gain).astype(np.float32, copy=False)
+    noise_g = (noise_added * gain).astype(np.float32, copy=False)
     # noisy is defined as the float32 sum, so clean + noise == noisy holds bit for bit.
     noisy_g = clean_g + noise_g
     return Mixture(clean_g, noise_g, noisy_g, gain, snr_db(clean_g, noise_g))
 
 
+# Made once: torch.hann_window took 0.2 ms a call, 2% of a build's time at two STFTs per
+# mixture. Kept as numpy so that each call gets an ordinary tensor (torch.from_numpy costs
+# microseconds), never one created under some caller's inference_mode.
+_HANN = torch.hann_window(N_FFT, periodic=True, dtype=torch.float32).numpy()
+
+
 def _window() -> torch.Tensor:
-    return torch.hann_window(N_FFT, periodic=True, dtype=torch.float32)
+    return torch.from_numpy(_HANN)
 
 
 def stft(x: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -142,17 +148,21 @@ def _real_imag(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return parts[..., 0], parts[..., 1]
 
 
-def magnitude(x: np.ndarray) -> np.ndarray:
-    """STFT magnitude of ``x``, float32 [257, frames]."""
-    re, im = _real_imag(x)
-    # numpy's SIMD sqrt/arctan2 are 5-9x faster here than torch's complex abs/angle.
-    return np.sqrt(re * re + im * im)
+def spectrum_patches(x: np.ndarray, with_phase: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """STFT magnitude of ``x`` cut into patches (:func:`cut_patches`), float32
+    [n_patches, 257, 64]; with ``with_phase`` also the phase (radians), else None.
 
-
-def magphase(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Magnitude and phase (radians) of the STFT of ``x``, float32 [257, frames]."""
-    re, im = _real_imag(x)
-    return np.sqrt(re * re + im * im), np.arctan2(im, re)
+    The real and imaginary parts are cut into patches first and the arithmetic runs in
+    place on those contiguous arrays. Computing on the STFT's strided output and then
+    transposing the results into patches took 15-30% longer, for the same float32
+    operations and so the same values. (numpy's SIMD sqrt/arctan2 were 5-9x faster here
+    than torch's complex abs/angle.)"""
+    re, im = (cut_patches(part) for part in _real_imag(x))
+    phase = np.arctan2(im, re) if with_phase else None
+    np.multiply(re, re, out=re)
+    np.multiply(im, im, out=im)
+    np.add(re, im, out=re)
+    return np.sqrt(re, out=re), phase
 
 
 def n_frames(n_samples: int) -> int:
@@ -178,10 +188,6 @@ def cut_patches(spec: np.ndarray) -> np.ndarray:
 
 def mixture_patches(mix: Mixture) -> dict[str, np.ndarray]:
     """Patch tensors of one mixture: noisy magnitude and phase, clean magnitude."""
-    noisy_mag, noisy_phase = magphase(mix.noisy)
-    clean_mag = magnitude(mix.clean)
-    return {
-        "noisy_mag": cut_patches(noisy_mag),
-        "clean_mag": cut_patches(clean_mag),
-        "noisy_phase": cut_patches(noisy_phase),
-    }
+    noisy_mag, noisy_phase = spectrum_patches(mix.noisy, with_phase=True)
+    clean_mag, _ = spectrum_patches(mix.clean)
+    return {"noisy_mag": noisy_mag, "clean_mag": clean_mag, "noisy_phase": noisy_phase}

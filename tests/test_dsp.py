@@ -60,14 +60,19 @@ def test_fit_noise_loops_short_noise_with_crossfade():
     assert np.max(np.abs(np.diff(looped))) < 2 * np.max(np.abs(np.diff(ramp))) + 1e-3
 
 
-def test_stft_shapes_and_roundtrip_snr_above_60db():
-    clean, noise = _signals(n=16_000)
-    x = clean + 0.1 * noise[:16_000]
-    mag, phase = dsp.magphase(x)
-    assert mag.shape == (dsp.N_BINS, dsp.n_frames(len(x))) == (257, 126)
-    spec = torch.polar(torch.from_numpy(mag), torch.from_numpy(phase))
-    y = dsp.istft(spec, len(x)).numpy()
+def test_spectrum_patches_are_the_stft_and_reconstruct_it_above_60db():
+    n = (2 * dsp.PATCH_FRAMES - 1) * dsp.HOP  # frames fill exactly two patches
+    clean, noise = _signals(n=n)
+    x = clean + 0.1 * noise[:n]
+    mag, phase = dsp.spectrum_patches(x, with_phase=True)
+    assert mag.shape == phase.shape == (2, dsp.N_BINS, dsp.PATCH_FRAMES)
+    assert mag.flags.c_contiguous and phase.flags.c_contiguous and mag.dtype == phase.dtype == np.float32
+    spec = torch.polar(torch.from_numpy(np.concatenate(mag, axis=-1)), torch.from_numpy(np.concatenate(phase, axis=-1)))
+    np.testing.assert_allclose(spec.numpy(), dsp.stft(x).numpy(), rtol=1e-5, atol=1e-5)
+    y = dsp.istft(spec, n).numpy()
     assert dsp.snr_db(x, x - y) > 60.0
+    mag_only, no_phase = dsp.spectrum_patches(x)
+    assert no_phase is None and np.array_equal(mag_only, mag)
 
 
 def test_cut_patches_drops_partial_tail_and_keeps_order():
