@@ -8,23 +8,28 @@ task each, cut as Ray's are): the most any two processes get out of this machine
 Ray's own cost is Ray against the pool, and the machine's is the pool against the loop.
 
     python bench/build_throughput.py [--clean DIR --noise DIR] [--k 2] [--scale 4] [--repeat 5]
+                                     [--repeat-scaled 3]
 
 Defaults use ../shared/data/dev (real recordings). Speed and memory are measured in
 separate runs:
-- speed: ``--repeat`` rounds, each timing the loop (torch's default threads), the loop
-  on one torch thread, the pool and the 1x Ray build, in that order, after one untimed
-  loop build and one untimed pool build; Ray is started for its run (and warmed by one
-  untimed build) and shut down after it, so the others run without it. Interleaving
-  puts the machine's drift on all four alike. Medians are compared, and the ratio of
-  each round is printed too.
+- speed: ``--repeat`` rounds at 1x, each timing the loop (torch's default threads), the
+  loop on one torch thread, the pool and the Ray build, in that order, after one
+  untimed loop build and one untimed pool build; Ray is started for its run (and warmed
+  by one untimed 1x build) and shut down after it, so the others run without it.
+  Interleaving puts the machine's drift on all four alike. Medians are compared, and
+  the ratio of each round is printed too. Then ``--repeat-scaled`` rounds of the same
+  at ``--scale`` times the mixtures: a 1x Ray build takes ~4 s here, of which Ray's
+  fixed cost per build (starting Ray Data's execution and its tasks, the uneven finish
+  of two tasks) is a tenth, so the larger build measures throughput with that cost
+  spread thinner.
   Every run starts after the previous run's output is deleted and flushed (``sync``,
   then a 1 s pause): writing into a disk still busy discarding the last run's
   gigabytes made timings vary by 20%.
 - memory: one more run of each, sampling the summed PSS of the driver and every
   process below it (Ray's GCS, raylet, workers and object store are children of a
   local ``ray.init``) every 0.2 s. Reading PSS of Ray's ~20 processes takes ~45 ms, a
-  fifth of a CPU at that rate, which is why the timed runs do without it. The 4x
-  build (for the memory ratio) is only run this way, so its time includes that cost.
+  fifth of a CPU at that rate, which is why the timed runs do without it. Ray is
+  measured at 1x and at ``--scale``, for the memory ratio.
 Results go to stdout as JSON; copy them into BENCHMARKS.md.
 """
 
@@ -125,6 +130,19 @@ def pool_build(cfg: build.BuildConfig, pool: multiprocessing.pool.Pool, processe
     return count
 
 
+def compare_scaled(samples: dict[str, list[float]], ray_info: dict) -> dict:
+    """Medians, throughput and speed-ups of the timed rounds at scale (``ray_info``:
+    the scaled Ray build's results, for its mixture count and seconds of audio)."""
+    seconds = {name: statistics.median(values) for name, values in samples.items()}
+    out = {"mixtures": ray_info["mixtures"], "seconds": seconds, "seconds_samples": samples,
+           "mixture_seconds_per_second": {name: ray_info["mixture_seconds"] / s for name, s in seconds.items()}}
+    for base in ("loop", "loop_1_thread", "pool"):
+        out[f"speedup_ray_vs_{base}"] = seconds[base] / seconds["ray"]
+        out[f"speedup_ray_vs_{base}_per_round"] = [
+            b / r for b, r in zip(samples[base], samples["ray"], strict=True)]
+    return out
+
+
 def settle() -> None:
     """Let the disk finish the previous run's writes and discards before timing."""
     os.sync()
@@ -139,7 +157,8 @@ def main():
     parser.add_argument("--noise", default=str(DEV / "noise"))
     parser.add_argument("--k", type=int, default=2, help="noises per clean utterance at 1x")
     parser.add_argument("--scale", type=int, default=4)
-    parser.add_argument("--repeat", type=int, default=5, help="timed rounds (each: both loops, then Ray at 1x)")
+    parser.add_argument("--repeat", type=int, default=5, help="timed rounds at 1x (each: both loops, pool, Ray)")
+    parser.add_argument("--repeat-scaled", type=int, default=3, help="timed rounds at --scale times the mixtures")
     parser.add_argument("--work", default=None, help="scratch folder (default: a temp dir)")
     args = parser.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_build_"))
@@ -182,10 +201,6 @@ def main():
     # The loop as a user would write it (torch's default intra-op threads: it uses more
     # than one core inside torch.stft), and pinned to one thread.
     loop_threads = {"loop": torch.get_num_threads(), "loop_1_thread": 1}
-    # Rounds interleave the four runs, so that the machine's drift (the loop's time
-    # varied 7.5-9.0 s between runs an hour apart) falls on all of them alike. Ray is
-    # shut down while the others run.
-    samples = {name: [] for name in (*loop_threads, "pool", "ray_1x")}
     pool = multiprocessing.get_context("spawn").Pool(2, initializer=_pool_worker_setup)
     def run_pool(cfg: build.BuildConfig) -> int:
         return pool_build(cfg, pool, 2)
@@ -193,14 +208,25 @@ def main():
         run(config(name, args.k))  # untimed, like Ray's first build
         shutil.rmtree(work / name)
     ray_start = []
-    for _ in range(args.repeat):
-        for name, threads in loop_threads.items():
-            torch.set_num_threads(threads)
-            samples[name].append(timed(name, args.k, single_process_build))
-        samples["pool"].append(timed("pool", args.k, run_pool))
-        ray_start.append(start_ray())
-        samples["ray_1x"].append(timed("ray_1x", args.k, ray_build))
-        ray.shutdown()
+
+    def timed_rounds(k: int, repeat: int) -> dict[str, list[float]]:
+        """Seconds per run of each build, ``repeat`` rounds. Rounds interleave the four
+        runs, so that the machine's drift (the loop's time varied 7.5-9.0 s between runs
+        an hour apart) falls on all of them alike. Ray is shut down while the others run."""
+        samples = {name: [] for name in (*loop_threads, "pool", "ray")}
+        for _ in range(repeat):
+            for name, threads in loop_threads.items():
+                torch.set_num_threads(threads)
+                samples[name].append(timed(name, k, single_process_build))
+            samples["pool"].append(timed("pool", k, run_pool))
+            ray_start.append(start_ray())
+            samples["ray"].append(timed("ray", k, ray_build))
+            ray.shutdown()
+        return samples
+
+    samples = timed_rounds(args.k, args.repeat)
+    samples["ray_1x"] = samples.pop("ray")
+    scaled = timed_rounds(args.k * args.scale, args.repeat_scaled)
     pool.close()
     pool.join()
     results = {"machine": f"{os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB",
@@ -214,22 +240,21 @@ def main():
                          "seconds_samples": samples[name], "torch_threads": threads, "peak_pss_mib": peak}
     start_ray()
     big = f"ray_{args.scale}x"
-    for name, k in (("ray_1x", args.k), (big, args.k * args.scale)):
+    for name, k, timings in (("ray_1x", args.k, samples["ray_1x"]), (big, args.k * args.scale, scaled["ray"])):
         peak, info = peak_mib(name, k, ray_build)
-        # 1x: the median of the timed runs; the 4x run is only timed with the sampler on.
-        seconds = statistics.median(samples[name]) if name == "ray_1x" else info["seconds"]
+        seconds = statistics.median(timings)  # of the timed runs, not this sampled one
         results[name] = {
             "mixtures": info["totals"]["mixtures"],
             "patches": info["totals"]["patches"],
+            "mixture_seconds": info["totals"]["mixture_seconds"],
             "seconds": seconds,
+            "seconds_samples": timings,
             "mixture_seconds_per_second": info["totals"]["mixture_seconds"] / seconds,
             "peak_pss_mib": peak,
         }
-        if name == "ray_1x":
-            results[name]["seconds_samples"] = samples[name]
-            for loop_name in loop_threads:  # the loops render the same 1x mixtures
-                results[loop_name]["mixture_seconds_per_second"] = (
-                    info["totals"]["mixture_seconds"] / results[loop_name]["seconds"])
+    for loop_name in loop_threads:  # the loops render the same 1x mixtures
+        results[loop_name]["mixture_seconds_per_second"] = (
+            results["ray_1x"]["mixture_seconds"] / results[loop_name]["seconds"])
     ray.shutdown()
     for loop_name in loop_threads:
         results[f"speedup_ray_vs_{loop_name}"] = results[loop_name]["seconds"] / results["ray_1x"]["seconds"]
@@ -242,6 +267,7 @@ def main():
     results["speedup_ray_vs_pool_per_round"] = [
         pool_s / ray_s for pool_s, ray_s in zip(samples["pool"], samples["ray_1x"], strict=True)]
     results["memory_ratio_4x_vs_1x"] = results[big]["peak_pss_mib"] / results["ray_1x"]["peak_pss_mib"]
+    results[f"timed_{args.scale}x"] = compare_scaled(scaled, results[big])
     print(json.dumps(results, indent=2))
 
 
