@@ -129,17 +129,25 @@ def pool_build(cfg: build.BuildConfig, pool: multiprocessing.pool.Pool, processe
     return count
 
 
+def ray_speedups(samples: dict[str, list[float]]) -> dict:
+    """Ray's speed-up over each other build of the timed rounds: the ratio of the
+    medians, and the ratio of each round (runs minutes apart share the machine's
+    state), for the spread."""
+    out = {}
+    for base in ("loop", "loop_1_thread", "pool"):
+        out[f"speedup_ray_vs_{base}"] = statistics.median(samples[base]) / statistics.median(samples["ray"])
+        out[f"speedup_ray_vs_{base}_per_round"] = [
+            b / r for b, r in zip(samples[base], samples["ray"], strict=True)]
+    return out
+
+
 def compare_scaled(samples: dict[str, list[float]], ray_info: dict) -> dict:
     """Medians, throughput and speed-ups of the timed rounds at scale (``ray_info``:
     the scaled Ray build's results, for its mixture count and seconds of audio)."""
     seconds = {name: statistics.median(values) for name, values in samples.items()}
-    out = {"mixtures": ray_info["mixtures"], "seconds": seconds, "seconds_samples": samples,
-           "mixture_seconds_per_second": {name: ray_info["mixture_seconds"] / s for name, s in seconds.items()}}
-    for base in ("loop", "loop_1_thread", "pool"):
-        out[f"speedup_ray_vs_{base}"] = seconds[base] / seconds["ray"]
-        out[f"speedup_ray_vs_{base}_per_round"] = [
-            b / r for b, r in zip(samples[base], samples["ray"], strict=True)]
-    return out
+    return {"mixtures": ray_info["mixtures"], "seconds": seconds, "seconds_samples": samples,
+            "mixture_seconds_per_second": {name: ray_info["mixture_seconds"] / s for name, s in seconds.items()},
+            **ray_speedups(samples)}
 
 
 def settle() -> None:
@@ -224,7 +232,6 @@ def main():
         return samples
 
     samples = timed_rounds(args.k, args.repeat)
-    samples["ray_1x"] = samples.pop("ray")
     scaled = timed_rounds(args.k * args.scale, args.repeat_scaled)
     pool.close()
     pool.join()
@@ -239,7 +246,7 @@ def main():
                          "seconds_samples": samples[name], "torch_threads": threads, "peak_pss_mib": peak}
     start_ray()
     big = f"ray_{args.scale}x"
-    for name, k, timings in (("ray_1x", args.k, samples["ray_1x"]), (big, args.k * args.scale, scaled["ray"])):
+    for name, k, timings in (("ray_1x", args.k, samples["ray"]), (big, args.k * args.scale, scaled["ray"])):
         peak, info = peak_mib(name, k, ray_build)
         seconds = statistics.median(timings)  # of the timed runs, not this sampled one
         results[name] = {
@@ -255,16 +262,9 @@ def main():
         results[loop_name]["mixture_seconds_per_second"] = (
             results["ray_1x"]["mixture_seconds"] / results[loop_name]["seconds"])
     ray.shutdown()
-    for loop_name in loop_threads:
-        results[f"speedup_ray_vs_{loop_name}"] = results[loop_name]["seconds"] / results["ray_1x"]["seconds"]
-        # Per round (runs minutes apart share the machine's state): the spread of the ratio.
-        results[f"speedup_ray_vs_{loop_name}_per_round"] = [
-            loop / ray_s for loop, ray_s in zip(samples[loop_name], samples["ray_1x"], strict=True)]
-    # What the machine allows two processes (pool against loop), and what Ray costs on top.
+    results.update(ray_speedups(samples))  # Ray against the loops, and its cost over the pool
+    # What the machine allows two processes at all.
     results["speedup_pool_vs_loop_1_thread"] = results["loop_1_thread"]["seconds"] / results["pool"]["seconds"]
-    results["speedup_ray_vs_pool"] = results["pool"]["seconds"] / results["ray_1x"]["seconds"]
-    results["speedup_ray_vs_pool_per_round"] = [
-        pool_s / ray_s for pool_s, ray_s in zip(samples["pool"], samples["ray_1x"], strict=True)]
     results["memory_ratio_4x_vs_1x"] = results[big]["peak_pss_mib"] / results["ray_1x"]["peak_pss_mib"]
     results[f"timed_{args.scale}x"] = compare_scaled(scaled, results[big])
     print(json.dumps(results, indent=2))
