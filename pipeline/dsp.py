@@ -143,27 +143,42 @@ def istft(spec: torch.Tensor, length: int) -> torch.Tensor:
     return torch.istft(spec, N_FFT, HOP, window=_window().to(spec.device), center=True, length=length)
 
 
-def _real_imag(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    parts = torch.view_as_real(stft(x)).numpy()
-    return parts[..., 0], parts[..., 1]
+# Patches per FFT call in spectrum_patches: 256 frames, whose windowed frames (0.5 MiB)
+# and spectrum (0.5 MiB) stay in cache from the FFT through the arithmetic. One call
+# for the whole signal took 1.2-1.5 ms per 8 s of audio, against 0.85 ms in blocks of
+# 1-4 patches and 0.96 ms in blocks of 16 (BENCHMARKS.md, session 13).
+FFT_BLOCK_PATCHES = 4
 
 
 def spectrum_patches(x: np.ndarray, with_phase: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """STFT magnitude of ``x`` cut into patches (:func:`cut_patches`), float32
     [n_patches, 257, 64]; with ``with_phase`` also the phase (radians), else None.
 
-    The real and imaginary parts are cut into patches first and the arithmetic runs in
-    place on those contiguous arrays. Computing on the STFT's strided output and then
-    transposing the results into patches did the same float32 operations (so gave the
-    same values) in 2.1 s instead of 1.4 s of a profiled 952-mixture build
-    (BENCHMARKS.md). numpy's SIMD sqrt/arctan2 were 5-9x faster here than torch's
-    complex abs/angle."""
-    re, im = (cut_patches(part) for part in _real_imag(x))
-    phase = np.arctan2(im, re) if with_phase else None
-    np.multiply(re, re, out=re)
-    np.multiply(im, im, out=im)
-    np.add(re, im, out=re)
-    return np.sqrt(re, out=re), phase
+    The same numbers as :func:`stft` (the same window multiply and FFT, so bit for bit
+    on torch's CPU FFT), computed a few patches at a time: only the frames of whole
+    patches are transformed, each block's real and imaginary parts are cut into
+    contiguous patches, and the arithmetic runs in place on those. numpy's SIMD
+    sqrt/arctan2 were 5-9x faster here than torch's complex abs/angle."""
+    x = np.asarray(x, dtype=np.float32)
+    count = n_patches(len(x))
+    mag = np.empty((count, N_BINS, PATCH_FRAMES), dtype=np.float32)
+    phase = np.empty_like(mag) if with_phase else None
+    if count == 0:
+        return mag, phase
+    padded = torch.from_numpy(np.pad(x, N_FFT // 2, mode="reflect"))  # stft's centring
+    window = _window()
+    for first in range(0, count, FFT_BLOCK_PATCHES):
+        last = min(count, first + FFT_BLOCK_PATCHES)
+        samples = padded[first * PATCH_FRAMES * HOP : (last * PATCH_FRAMES - 1) * HOP + N_FFT]
+        spec = torch.view_as_real(torch.fft.rfft(samples.unfold(0, N_FFT, HOP) * window)).numpy()
+        re, im = cut_patches(spec[..., 0].T), cut_patches(spec[..., 1].T)  # [frames, 257] parts
+        if phase is not None:
+            np.arctan2(im, re, out=phase[first:last])
+        np.multiply(re, re, out=re)
+        np.multiply(im, im, out=im)
+        np.add(re, im, out=re)
+        np.sqrt(re, out=mag[first:last])
+    return mag, phase
 
 
 def n_frames(n_samples: int) -> int:

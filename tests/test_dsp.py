@@ -75,6 +75,22 @@ def test_spectrum_patches_are_the_stft_and_reconstruct_it_above_60db():
     assert no_phase is None and np.array_equal(mag_only, mag)
 
 
+def test_spectrum_patches_match_the_stft_across_fft_blocks_and_drop_the_tail():
+    # Patches spread over three FFT blocks (the last one short), then 40 frames that do
+    # not fill a patch; and a signal one sample short of a patch.
+    count = 2 * dsp.FFT_BLOCK_PATCHES + 2
+    n = (count * dsp.PATCH_FRAMES + 40) * dsp.HOP
+    clean, noise = _signals(n=n)
+    x = clean + 0.1 * noise[:n]
+    mag, phase = dsp.spectrum_patches(x, with_phase=True)
+    assert mag.shape == phase.shape == (count, dsp.N_BINS, dsp.PATCH_FRAMES)
+    expected = dsp.cut_patches(dsp.stft(x).numpy())  # complex, tail dropped
+    got = torch.polar(torch.from_numpy(mag), torch.from_numpy(phase)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    short_mag, short_phase = dsp.spectrum_patches(x[: dsp.MIN_PATCH_SAMPLES - 1], with_phase=True)
+    assert short_mag.shape == short_phase.shape == (0, dsp.N_BINS, dsp.PATCH_FRAMES)
+
+
 def test_cut_patches_drops_partial_tail_and_keeps_order():
     spec = np.arange(257 * 150, dtype=np.float32).reshape(257, 150)
     patches = dsp.cut_patches(spec)
