@@ -17,10 +17,12 @@ separate runs:
   untimed loop build and one untimed pool build; Ray is started for its run (and warmed
   by one untimed 1x build) and shut down after it, so the others run without it.
   Interleaving puts the machine's drift on all four alike. Medians are compared, and
-  the ratio of each round is printed too. Then ``--repeat-scaled`` rounds of the same
-  at ``--scale`` times the mixtures (3,808 by default; ~15 s for Ray here, against ~4 s
-  at 1x): throughput on a build nearer the size of a real one, where the fixed costs of
-  each build (probe, plan, starting Ray Data's execution and its tasks) weigh less.
+  the ratio of each round is printed too. Each loop also reports ``cpus_busy``, its
+  process's CPU time over its wall time (torch's OpenMP threads count while they spin).
+  Then ``--repeat-scaled`` rounds of the same at ``--scale`` times the mixtures (3,808
+  by default; ~15 s for Ray here, against ~4 s at 1x): throughput on a build nearer
+  the size of a real one, where the fixed costs of each build (probe, plan, starting
+  Ray Data's execution and its tasks) weigh less.
   Every run starts after the previous run's output is deleted and flushed (``sync``,
   then a 1 s pause): writing into a disk still busy discarding the last run's
   gigabytes made timings vary by 20%.
@@ -177,11 +179,15 @@ def main():
         # Noise shared across splits so K noises per utterance exist in every split.
         return build.BuildConfig(args.clean, args.noise, str(work / name), noises_per_clean=k, split_noise=False)
 
+    loop_cpu: dict[str, list[float]] = {}  # CPU-s of this process's threads, per loop run
+
     def timed(name: str, k: int, run) -> float:  # noqa: ANN001
         settle()
-        t0 = time.time()
+        t0, cpu0 = time.time(), time.process_time()
         run(config(name, k))
         seconds = time.time() - t0
+        if name in loop_threads:  # the loops run in this process: its CPU time is theirs
+            loop_cpu.setdefault(name, []).append(time.process_time() - cpu0)
         shutil.rmtree(work / name)
         return seconds
 
@@ -242,8 +248,12 @@ def main():
     for name, threads in loop_threads.items():
         torch.set_num_threads(threads)
         peak, n_loop = peak_mib(name, args.k, single_process_build)
+        # CPU-s per wall second of the 1x runs: how many CPUs the loop kept busy (torch's
+        # OpenMP threads spin between parallel regions, which counts as busy).
+        cpus_busy = [c / s for c, s in zip(loop_cpu[name][: len(samples[name])], samples[name], strict=True)]
         results[name] = {"mixtures": n_loop, "seconds": statistics.median(samples[name]),
-                         "seconds_samples": samples[name], "torch_threads": threads, "peak_pss_mib": peak}
+                         "seconds_samples": samples[name], "torch_threads": threads, "peak_pss_mib": peak,
+                         "cpus_busy": statistics.median(cpus_busy)}
     start_ray()
     big = f"ray_{args.scale}x"
     for name, k, timings in (("ray_1x", args.k, samples["ray"]), (big, args.k * args.scale, scaled["ray"])):
