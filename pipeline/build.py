@@ -34,10 +34,11 @@ PATCH_TENSORS = store.TENSOR_COLUMNS
 # Writing goes through Ray Data, which starts a task's successor up to 0.4 s after the
 # task ends: one task per CPU, of up to 16 files (~5 s of work on this project's VM,
 # so that gap costs a few percent), beat two per CPU of up to 8 files in 20 of 27
-# interleaved rounds (BENCHMARKS.md). The probe's plain Ray tasks queue at the raylet
-# with no such gap, so two per CPU even out input files of unequal length for free.
+# interleaved rounds (BENCHMARKS.md). The probe's tasks get input files dealt out by
+# size (raysetup.balanced_groups); so balanced, one task per CPU probed the
+# development corpus in 0.070 s, two in 0.082 s (BENCHMARKS.md, session 13).
 WRITE_TASKS_PER_CPU, FILES_PER_TASK = 1, 16
-PROBE_TASKS_PER_CPU, PROBES_PER_TASK = 2, 64
+PROBE_TASKS_PER_CPU, PROBES_PER_TASK = 1, 64
 # Patch rows per Parquet row group (~12 MiB at float32): small enough to write as we go.
 ROW_GROUP_ROWS = 64
 DEFAULT_FILE_BYTES = 128 * 2**20
@@ -280,16 +281,25 @@ def sort_probed(
 def _probe_inputs(cfg: BuildConfig) -> tuple[list[SourceFile], list[SourceFile], list[dict]]:
     import ray
 
-    from speech_enhance.raysetup import task_count
+    from speech_enhance.raysetup import balanced_groups, task_count
 
     items, skipped = list_inputs(cfg)
     # Plain Ray tasks, not Ray Data: the probe returns one small dict per input file, so
     # streaming buys nothing, and a Ray Data execution's start-up and tear-down cost
-    # 0.25 s against 0.13 s for these tasks (129 files, 2 CPUs).
-    per_task = -(-len(items) // task_count(len(items), PROBES_PER_TASK, PROBE_TASKS_PER_CPU))
+    # 0.25 s against 0.13 s for these tasks (129 files, 2 CPUs). File size stands in
+    # for the cost of loading a file.
+    n_tasks = task_count(len(items), PROBES_PER_TASK, PROBE_TASKS_PER_CPU)
+    groups = balanced_groups([_file_size(item["path"]) for item in items], n_tasks)
     probe = ray.remote(probe_files)
-    parts = ray.get([probe.remote(items[i : i + per_task]) for i in range(0, len(items), per_task)])
+    parts = ray.get([probe.remote([items[i] for i in group]) for group in groups])
     return sort_probed(cfg, [row for part in parts for row in part], skipped)
+
+
+def _file_size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:  # the probe itself reports why the file is unusable
+        return 0
 
 
 def probe_files(items: list[dict]) -> list[dict]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import heapq
 import itertools
 import logging
 import math
@@ -153,3 +154,26 @@ def contiguous_groups(costs: list[float], n_groups: int) -> list[range]:
         cuts.append(min(max(cut, cuts[-1] + 1), len(costs) - (n - k)))
     cuts.append(len(costs))
     return [range(a, b) for a, b in itertools.pairwise(cuts)]
+
+
+def balanced_groups(costs: list[float], n_groups: int) -> list[list[int]]:
+    """Deal items 0..len(costs)-1 out to ``n_groups`` groups of about equal summed cost
+    (fewer groups if there are fewer items; none empty), for work whose items need not
+    stay in order: the costliest item first, each to the group with the least cost so far
+    (longest-processing-time first; equal loads go to the group with fewer items). Each
+    group lists its items in order.
+
+    The probe's input files differ in cost by 10× or more (a minute of 48 kHz noise
+    against a few seconds of 16 kHz speech), and are listed speech first: cut into
+    consecutive runs, the last run held all the noise and took 0.094 s against 0.035 s
+    for the other (BENCHMARKS.md, session 13)."""
+    n = max(1, min(n_groups, len(costs)))
+    if not costs:
+        return []
+    groups: list[list[int]] = [[] for _ in range(n)]
+    loads = [(0.0, 0, g) for g in range(n)]  # (cost so far, items so far, group)
+    for i in sorted(range(len(costs)), key=lambda i: -costs[i]):
+        cost, count, g = heapq.heappop(loads)
+        groups[g].append(i)
+        heapq.heappush(loads, (cost + costs[i], count + 1, g))
+    return [sorted(group) for group in groups]

@@ -89,6 +89,21 @@ def test_ray_data_runs_tasks_on_every_cpu_from_the_start(ray_session):
     assert second["start"] < first["end"], f"tasks ran one after the other: {spans}"
 
 
+def test_balanced_groups_deal_costly_items_apart():
+    from speech_enhance.raysetup import balanced_groups
+
+    # Cheap items first, costly ones last (speech, then noise): consecutive runs would
+    # put all the costly ones in one group.
+    costs = [1] * 8 + [10] * 4
+    groups = balanced_groups(costs, 2)
+    assert [sum(costs[i] for i in g) for g in groups] == [24, 24]
+    assert sorted(i for g in groups for i in g) == list(range(len(costs)))
+    assert all(g == sorted(g) for g in groups)
+    assert balanced_groups([0, 0, 0], 3) == [[0], [1], [2]]  # zero costs: still none empty
+    assert balanced_groups([5.0], 3) == [[0]]
+    assert balanced_groups([], 3) == []
+
+
 def test_contiguous_groups_balance_cost_and_keep_order():
     from speech_enhance.raysetup import contiguous_groups
 
