@@ -3,8 +3,8 @@
 Both run the same functions (probe_file, plan_mixtures, write_patch_file) and write the
 same patch files; the loop does it all in one process. The Ray build also writes its
 manifest.parquet and dataset.json, which the loop skips. A third build runs the same work
-on a ``multiprocessing`` pool of two processes without Ray (probe halves, then one write
-task each, cut as Ray's are): the most any two processes get out of this machine, so
+on a ``multiprocessing`` pool of two processes without Ray (probe and write tasks cut as
+Ray's are, one of each per process): the most any two processes get out of this machine, so
 Ray's own cost is Ray against the pool, and the machine's is the pool against the loop.
 
     python bench/build_throughput.py [--clean DIR --noise DIR] [--k 2] [--scale 4] [--repeat 5]
@@ -123,7 +123,7 @@ def _pool_worker_setup() -> None:
 def pool_build(cfg: build.BuildConfig, pool: multiprocessing.pool.Pool, processes: int) -> int:
     """The build on ``processes`` plain processes, no Ray: returns mixture count."""
     def probe(items: list[dict]) -> list[dict]:
-        parts = pool.map(build.probe_files, [items[i::processes] for i in range(processes)], chunksize=1)
+        parts = pool.map(build.probe_files, build.probe_groups(items, processes), chunksize=1)
         return [row for part in parts for row in part]
 
     jobs, count = planned_jobs(cfg, probe)
