@@ -179,17 +179,15 @@ def main():
         # Noise shared across splits so K noises per utterance exist in every split.
         return build.BuildConfig(args.clean, args.noise, str(work / name), noises_per_clean=k, split_noise=False)
 
-    loop_cpu: dict[str, list[float]] = {}  # CPU-s of this process's threads, per loop run
-
-    def timed(name: str, k: int, run) -> float:  # noqa: ANN001
+    def timed(name: str, k: int, run) -> tuple[float, float]:  # noqa: ANN001
+        """Wall seconds of one run, and this process's CPU-s in it: all of a loop's, only
+        the driver's for the pool and Ray."""
         settle()
         t0, cpu0 = time.time(), time.process_time()
         run(config(name, k))
-        seconds = time.time() - t0
-        if name in loop_threads:  # the loops run in this process: its CPU time is theirs
-            loop_cpu.setdefault(name, []).append(time.process_time() - cpu0)
+        seconds, cpu = time.time() - t0, time.process_time() - cpu0
         shutil.rmtree(work / name)
-        return seconds
+        return seconds, cpu
 
     def peak_mib(name: str, k: int, run) -> tuple[float, object]:  # noqa: ANN001
         settle()
@@ -222,23 +220,27 @@ def main():
         shutil.rmtree(work / name)
     ray_start = []
 
-    def timed_rounds(k: int, repeat: int) -> dict[str, list[float]]:
-        """Seconds per run of each build, ``repeat`` rounds. Rounds interleave the four
-        runs, so that the machine's drift (the loop's time varied 7.5-9.0 s between runs
-        an hour apart) falls on all of them alike. Ray is shut down while the others run."""
+    def timed_rounds(k: int, repeat: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+        """Seconds per run of each build, ``repeat`` rounds, and the loops' CPU-s per run.
+        Rounds interleave the four runs, so that the machine's drift (the loop's time
+        varied 7.5-9.0 s between runs an hour apart) falls on all of them alike. Ray is
+        shut down while the others run."""
         samples = {name: [] for name in (*loop_threads, "pool", "ray")}
+        loop_cpu = {name: [] for name in loop_threads}
         for _ in range(repeat):
             for name, threads in loop_threads.items():
                 torch.set_num_threads(threads)
-                samples[name].append(timed(name, k, single_process_build))
-            samples["pool"].append(timed("pool", k, run_pool))
+                seconds, cpu = timed(name, k, single_process_build)
+                samples[name].append(seconds)
+                loop_cpu[name].append(cpu)
+            samples["pool"].append(timed("pool", k, run_pool)[0])
             ray_start.append(start_ray())
-            samples["ray"].append(timed("ray", k, ray_build))
+            samples["ray"].append(timed("ray", k, ray_build)[0])
             ray.shutdown()
-        return samples
+        return samples, loop_cpu
 
-    samples = timed_rounds(args.k, args.repeat)
-    scaled = timed_rounds(args.k * args.scale, args.repeat_scaled)
+    samples, loop_cpu = timed_rounds(args.k, args.repeat)
+    scaled, _ = timed_rounds(args.k * args.scale, args.repeat_scaled)
     pool.close()
     pool.join()
     results = {"machine": f"{os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB",
@@ -250,7 +252,7 @@ def main():
         peak, n_loop = peak_mib(name, args.k, single_process_build)
         # CPU-s per wall second of the 1x runs: how many CPUs the loop kept busy (torch's
         # OpenMP threads spin between parallel regions, which counts as busy).
-        cpus_busy = [c / s for c, s in zip(loop_cpu[name][: len(samples[name])], samples[name], strict=True)]
+        cpus_busy = [c / s for c, s in zip(loop_cpu[name], samples[name], strict=True)]
         results[name] = {"mixtures": n_loop, "seconds": statistics.median(samples[name]),
                          "seconds_samples": samples[name], "torch_threads": threads, "peak_pss_mib": peak,
                          "cpus_busy": statistics.median(cpus_busy)}
