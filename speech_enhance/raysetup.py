@@ -8,6 +8,8 @@ import itertools
 import logging
 import math
 import os
+import time
+from types import ModuleType
 
 import ray
 
@@ -72,14 +74,21 @@ def local_ray_options(dashboard: bool) -> dict:
     return options
 
 
-# How often (s) a Ray Data execution re-reads the CPUs it may use until it knows them.
+# How often (s) a Ray Data execution re-reads the CPUs it may use until it knows them:
+# every RAY_DATA_COLD_START_POLL_S for its first RAY_DATA_COLD_START_S, then every
+# RAY_DATA_LIMITS_REFRESH_S (a coordinator actor that is itself still starting).
+RAY_DATA_COLD_START_POLL_S = 0.01
+RAY_DATA_COLD_START_S = 0.5
 RAY_DATA_LIMITS_REFRESH_S = 0.1
-RAY_LIMITS_UPDATE_INTERVAL_S = 1  # Ray 2.60's own interval, which this module works around
+# Ray 2.60's own values of the constants this module works around.
+RAY_LIMITS_UPDATE_INTERVAL_S = 1  # ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S
+RAY_WAIT_FOR_TASKS_S = 0.1  # streaming_executor_state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S
+_COLD_START_MARK = "_speech_enhance_cold_start_began"
 
 
 def start_ray_data_at_full_width() -> None:
     """Let Ray Data executions started from this process use the cluster's CPUs from
-    their first tenth of a second instead of their second second (called by
+    their first hundredth of a second instead of their second second (called by
     :func:`init_ray` in the driver and, as a setup hook, in every worker process).
 
     Ray 2.60's streaming executor learns its CPU budget from the autoscaling coordinator
@@ -91,24 +100,60 @@ def start_ray_data_at_full_width() -> None:
     one of its two CPUs, and each training epoch's data (398 patches) took 0.98 s
     to arrive instead of 0.68-0.77 s (BENCHMARKS.md).
 
-    The constant becomes a property: 0.1 s while the executor's known CPU budget is
-    zero, Ray's 1 s once it has one. Refreshing every 0.1 s for a whole execution
-    instead (one actor call each) cost two CPU-bound training workers 2-4% of their
-    speed, as a training epoch is one long execution. Only a constant that still has
-    the value measured here is replaced: a Ray that renames or retunes it is left
-    alone (tests/test_raysetup.py notices)."""
+    The constant becomes a property (:func:`limits_refresh_interval`): a fast poll
+    while the executor's known CPU budget is zero, Ray's 1 s once it has one.
+    Refreshing every 0.1 s for a whole execution instead (one actor call each) cost two
+    CPU-bound training workers 2-4% of their speed, as a training epoch is one long
+    execution. A refresh only happens when the executor's scheduling loop comes round,
+    and between rounds it waits up to 0.1 s for a task to finish
+    (``streaming_executor_state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S``, a module
+    constant), so during the poll that wait is shortened too: the dataset build's second
+    write task then starts 0.01-0.02 s after the first instead of 0.11 s
+    (BENCHMARKS.md, session 14). Only constants that still have the values measured
+    here are replaced: a Ray that renames or retunes them is left alone
+    (tests/test_raysetup.py notices)."""
+    from ray.data._internal.execution import streaming_executor_state
     from ray.data._internal.execution.resource_manager import ResourceManager
 
     if getattr(ResourceManager, "GLOBAL_LIMITS_UPDATE_INTERVAL_S", None) == RAY_LIMITS_UPDATE_INTERVAL_S:
         ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S = property(limits_refresh_interval)
+    if getattr(streaming_executor_state, "WAIT_FOR_TASK_COMPLETION_TIMEOUT_S", None) == RAY_WAIT_FOR_TASKS_S:
+        global _task_wait_module
+        _task_wait_module = streaming_executor_state
+
+
+# The module whose wait for finished tasks limits_refresh_interval sets; None where
+# Ray's constant is not the one measured here.
+_task_wait_module: ModuleType | None = None
 
 
 def limits_refresh_interval(resource_manager: object) -> float:
-    """Seconds between an executor's refreshes of its resource budget: fast until the
-    budget's CPUs are known (non-zero), then Ray's own interval."""
+    """Seconds between an executor's refreshes of its resource budget: every
+    ``RAY_DATA_COLD_START_POLL_S`` (with the scheduling loop's wait for finished
+    tasks as short) for the first ``RAY_DATA_COLD_START_S`` of an execution whose
+    budget's CPUs are not known yet (zero), then every ``RAY_DATA_LIMITS_REFRESH_S``
+    until they are, then Ray's own interval.
+
+    Ray reads the interval on every call to ``get_global_limits``, at least once in
+    each round of the scheduling loop, which is what lets this set the loop's wait
+    too. The wait is one value for the whole process: an execution still polling
+    shortens it for any other running beside it (a few extra rounds of their loops),
+    and one that knows its budget restores it (the poller then waits as Ray would)."""
     limits = getattr(resource_manager, "_global_limits", None)
-    known = limits is not None and getattr(limits, "cpu", 0) > 0
-    return RAY_LIMITS_UPDATE_INTERVAL_S if known else RAY_DATA_LIMITS_REFRESH_S
+    if limits is not None and getattr(limits, "cpu", 0) > 0:
+        _set_task_wait(RAY_WAIT_FOR_TASKS_S)
+        return RAY_LIMITS_UPDATE_INTERVAL_S
+    began = vars(resource_manager).setdefault(_COLD_START_MARK, time.monotonic())
+    if time.monotonic() - began < RAY_DATA_COLD_START_S:
+        _set_task_wait(RAY_DATA_COLD_START_POLL_S)
+        return RAY_DATA_COLD_START_POLL_S
+    _set_task_wait(RAY_WAIT_FOR_TASKS_S)
+    return RAY_DATA_LIMITS_REFRESH_S
+
+
+def _set_task_wait(seconds: float) -> None:
+    if _task_wait_module is not None:
+        _task_wait_module.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S = seconds
 
 
 def task_count(n_items: int, max_items_per_task: int, tasks_per_cpu: int) -> int:

@@ -38,17 +38,46 @@ def test_worker_processes_start_ray_data_executions_at_full_width(ray_session):
     assert ray_session.get(Probe.remote().refresh_interval_is_patched.remote())
 
 
-def test_budget_refresh_is_fast_only_until_the_cpus_are_known():
+def test_budget_refresh_polls_fast_at_first_then_as_ray_would(monkeypatch):
     from types import SimpleNamespace
 
+    from ray.data._internal.execution import streaming_executor_state
     from ray.data._internal.execution.interfaces import ExecutionResources
 
-    from speech_enhance.raysetup import RAY_DATA_LIMITS_REFRESH_S, RAY_LIMITS_UPDATE_INTERVAL_S
+    from speech_enhance import raysetup
     from speech_enhance.raysetup import limits_refresh_interval as interval
 
-    assert interval(SimpleNamespace(_global_limits=ExecutionResources.zero())) == RAY_DATA_LIMITS_REFRESH_S
-    assert interval(SimpleNamespace(_global_limits=ExecutionResources(cpu=2))) == RAY_LIMITS_UPDATE_INTERVAL_S
-    assert interval(SimpleNamespace()) == RAY_DATA_LIMITS_REFRESH_S
+    # The constant is Ray 2.60's, and start_ray_data_at_full_width takes it over.
+    monkeypatch.setattr(streaming_executor_state, "WAIT_FOR_TASK_COMPLETION_TIMEOUT_S", raysetup.RAY_WAIT_FOR_TASKS_S)
+    monkeypatch.setattr(raysetup, "_task_wait_module", None)
+    raysetup.start_ray_data_at_full_width()
+    assert raysetup._task_wait_module is streaming_executor_state
+
+    def task_wait() -> float:
+        return streaming_executor_state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S
+
+    starting = SimpleNamespace(_global_limits=ExecutionResources.zero())
+    assert interval(starting) == raysetup.RAY_DATA_COLD_START_POLL_S
+    assert task_wait() == raysetup.RAY_DATA_COLD_START_POLL_S
+    assert interval(starting) == raysetup.RAY_DATA_COLD_START_POLL_S  # still within its first 0.5 s
+    assert interval(SimpleNamespace()) == raysetup.RAY_DATA_COLD_START_POLL_S  # no budget read yet
+
+    # Still no CPUs after RAY_DATA_COLD_START_S: the coordinator actor is itself starting.
+    long_waiting = SimpleNamespace(_global_limits=ExecutionResources.zero())
+    setattr(long_waiting, raysetup._COLD_START_MARK, time.monotonic() - raysetup.RAY_DATA_COLD_START_S)
+    assert interval(long_waiting) == raysetup.RAY_DATA_LIMITS_REFRESH_S
+    assert task_wait() == raysetup.RAY_WAIT_FOR_TASKS_S
+
+    interval(starting)
+    assert interval(SimpleNamespace(_global_limits=ExecutionResources(cpu=2))) == raysetup.RAY_LIMITS_UPDATE_INTERVAL_S
+    assert task_wait() == raysetup.RAY_WAIT_FOR_TASKS_S  # Ray's own wait once the budget is known
+
+    # A Ray whose constant has another value keeps it.
+    monkeypatch.setattr(streaming_executor_state, "WAIT_FOR_TASK_COMPLETION_TIMEOUT_S", 0.25)
+    monkeypatch.setattr(raysetup, "_task_wait_module", None)
+    raysetup.start_ray_data_at_full_width()
+    interval(SimpleNamespace(_global_limits=ExecutionResources.zero()))
+    assert task_wait() == 0.25
 
 
 @pytest.mark.timeout(60)
@@ -68,7 +97,8 @@ def test_task_count_keeps_every_cpu_busy_and_bounds_items_per_task(ray_session):
 def test_ray_data_runs_tasks_on_every_cpu_from_the_start(ray_session):
     """Two 0.8 s tasks on 2 CPUs overlap. With Ray 2.60's once-a-second refresh of Ray
     Data's CPU budget (see start_ray_data_at_full_width) the second one starts only
-    after ~1 s, when the first has finished."""
+    after ~1 s, when the first has finished; with its 0.1 s wait for finished tasks,
+    0.1 s after the first at the earliest."""
 
     def span(row: dict) -> list[dict]:
         start = time.time()
@@ -83,10 +113,16 @@ def test_ray_data_runs_tasks_on_every_cpu_from_the_start(ray_session):
     # The first rounds on a fresh Ray wait for worker processes to start and, after
     # tests/test_multinode.py, for Ray Data's autoscaling coordinator to reserve both
     # CPUs; without the workaround every round runs its tasks one after the other.
-    for _ in range(3):
+    gaps = []
+    for _ in range(5):
         spans = ray_session.data.from_items([{"i": 0}, {"i": 1}], override_num_blocks=2).flat_map(span).take_all()
-    first, second = sorted(spans, key=lambda s: s["start"])
+        first, second = sorted(spans, key=lambda s: s["start"])
+        gaps.append(second["start"] - first["start"])
     assert second["start"] < first["end"], f"tasks ran one after the other: {spans}"
+    # The second starts a poll (0.01 s) after the first, not a round of Ray's loop
+    # (0.1 s) later.
+    print("second task's start after the first's (s):", [round(g, 3) for g in gaps])
+    assert min(gaps) < 0.06, gaps
 
 
 def test_balanced_groups_deal_costly_items_apart():
