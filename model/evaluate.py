@@ -228,7 +228,7 @@ def evaluate(data_dir: str, model_path: str, out_dir: str, max_mixtures: int | N
     """Write metrics.json, report.md, figures and samples to ``out_dir``."""
     import ray
 
-    from speech_enhance.raysetup import init_ray
+    from speech_enhance.raysetup import hide_ray_data_progress, init_ray
 
     started = time.time()
     info = read_dataset_info(data_dir)
@@ -244,7 +244,7 @@ def evaluate(data_dir: str, model_path: str, out_dir: str, max_mixtures: int | N
     patch_loss = {"model": test_l1(model, data_dir), "identity_mask": identity_l1(data_dir, "test")}
     calibration = strength_for_evaluation(model, meta, data_dir, log)
     init_ray()
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    hide_ray_data_progress()
     cpus = int(ray.cluster_resources().get("CPU", 1))
     per_mixture = (
         ray.data.from_items(rows, override_num_blocks=len(rows))

@@ -281,7 +281,7 @@ def train(cfg: TrainConfig, overwrite: bool = False, log=print, callbacks: list 
     from ray.train.torch import TorchTrainer
 
     from model.data import read_split
-    from speech_enhance.raysetup import init_ray
+    from speech_enhance.raysetup import hide_ray_data_progress, init_ray
 
     dataset_info = read_dataset_info(cfg.data)
     out = storage.resolve(cfg.out)  # a local folder or a URI (s3://...) on shared storage
@@ -290,7 +290,7 @@ def train(cfg: TrainConfig, overwrite: bool = False, log=print, callbacks: list 
     storage.make_dirs(out)
     init_ray()
     # Per-epoch lines are the progress report; Ray Data's bars would repeat per epoch.
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    hide_ray_data_progress()
     use_gpu = _use_gpu(cfg.gpu)
     cpus, threads = _resources(cfg, use_gpu)
     effective = {**config, "use_gpu": use_gpu, "cpus_reserved_per_worker": cpus, "torch_threads": threads,

@@ -26,11 +26,22 @@ def worker_runtime_env() -> dict:
     and 8.6 passive (BENCHMARKS.md). glibc's malloc keeps freed memory for reuse
     (:mod:`speech_enhance.allocator`). A value already in the environment wins.
 
-    Every worker process also runs :func:`start_ray_data_at_full_width` when it starts:
-    Ray Train's datasets are executed, once per epoch, by a ``SplitCoordinator`` actor
-    rather than by the driver."""
+    Every worker process also runs :func:`setup_worker_process` when it starts."""
     env = {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"), **allocator.worker_env()}
-    return {"env_vars": env, "worker_process_setup_hook": f"{__name__}.start_ray_data_at_full_width"}
+    return {"env_vars": env, "worker_process_setup_hook": f"{__name__}.setup_worker_process"}
+
+
+def setup_worker_process() -> None:
+    """What the driver gets from :func:`init_ray`, for Ray Data executions that run in a
+    worker process: Ray Train's datasets are executed, once per epoch, by a
+    ``SplitCoordinator`` actor rather than by the driver. Such an execution starts at
+    full width (:func:`start_ray_data_at_full_width`) and, when the driver hid the
+    progress bars (:func:`hide_ray_data_progress`; its DataContext travels with the
+    dataset), does not warn that they are hidden."""
+    from ray.util.debug import log_once
+
+    start_ray_data_at_full_width()
+    log_once(RAY_DATA_BARS_OFF_WARNING)
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard: bool = True) -> None:
@@ -52,6 +63,21 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
     # Quieter Ray Data logs; progress bars stay on.
     ray.data.DataContext.get_current().enable_progress_bars = True
     start_ray_data_at_full_width()
+
+
+# The log_once key of Ray 2.60's warning that an execution runs without progress bars.
+RAY_DATA_BARS_OFF_WARNING = "ray_data_progress_manager_disabled"
+
+
+def hide_ray_data_progress() -> None:
+    """Turn Ray Data's progress bars off in this process, for commands whose own lines
+    report progress (training's line per epoch; evaluation). Ray warns the first time an
+    execution runs without bars and says how to turn them back on; here they are off on
+    purpose, so that warning is marked as given."""
+    from ray.util.debug import log_once
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    log_once(RAY_DATA_BARS_OFF_WARNING)
 
 
 def local_ray_options(dashboard: bool) -> dict:

@@ -24,8 +24,9 @@ def test_workers_run_openmp_passive_and_keep_freed_memory_unless_the_user_chose(
 @pytest.mark.timeout(60)
 def test_worker_processes_start_ray_data_executions_at_full_width(ray_session):
     """Ray Train's SplitCoordinator actor runs each epoch's Ray Data execution: worker
-    processes need start_ray_data_at_full_width as much as the driver."""
-    from speech_enhance.raysetup import limits_refresh_interval
+    processes need start_ray_data_at_full_width as much as the driver, and no warning
+    that the progress bars which training hides are hidden."""
+    from speech_enhance.raysetup import RAY_DATA_BARS_OFF_WARNING, limits_refresh_interval
 
     @ray_session.remote
     class Probe:
@@ -35,7 +36,14 @@ def test_worker_processes_start_ray_data_executions_at_full_width(ray_session):
             interval = ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S
             return isinstance(interval, property) and interval.fget is limits_refresh_interval
 
-    assert ray_session.get(Probe.remote().refresh_interval_is_patched.remote())
+        def would_warn_that_bars_are_hidden(self) -> bool:
+            from ray.util.debug import log_once
+
+            return log_once(RAY_DATA_BARS_OFF_WARNING)
+
+    probe = Probe.remote()
+    assert ray_session.get(probe.refresh_interval_is_patched.remote())
+    assert not ray_session.get(probe.would_warn_that_bars_are_hidden.remote())
 
 
 def test_budget_refresh_polls_fast_at_first_then_as_ray_would(monkeypatch):
@@ -94,11 +102,25 @@ def test_task_count_keeps_every_cpu_busy_and_bounds_items_per_task(ray_session):
 
 
 @pytest.mark.timeout(120)
-def test_ray_data_runs_tasks_on_every_cpu_from_the_start(ray_session):
+def test_ray_data_runs_tasks_on_every_cpu_from_the_start(ray_session, monkeypatch):
     """Two 0.8 s tasks on 2 CPUs overlap. With Ray 2.60's once-a-second refresh of Ray
     Data's CPU budget (see start_ray_data_at_full_width) the second one starts only
-    after ~1 s, when the first has finished; with its 0.1 s wait for finished tasks,
-    0.1 s after the first at the earliest."""
+    after ~1 s, when the first has finished; with its 0.1 s wait for finished tasks
+    between rounds of the scheduling loop, 0.1 s after the first at the earliest. The
+    loop's waits are recorded as Ray's executor reads them: the short poll until the
+    budget is known, Ray's own wait after."""
+    from ray.data._internal.execution import streaming_executor, streaming_executor_state
+
+    from speech_enhance.raysetup import RAY_DATA_COLD_START_POLL_S, RAY_WAIT_FOR_TASKS_S
+
+    waits: list[float] = []
+    process_completed_tasks = streaming_executor.process_completed_tasks
+
+    def recording(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        waits.append(streaming_executor_state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S)
+        return process_completed_tasks(*args, **kwargs)
+
+    monkeypatch.setattr(streaming_executor, "process_completed_tasks", recording)
 
     def span(row: dict) -> list[dict]:
         start = time.time()
@@ -114,15 +136,18 @@ def test_ray_data_runs_tasks_on_every_cpu_from_the_start(ray_session):
     # tests/test_multinode.py, for Ray Data's autoscaling coordinator to reserve both
     # CPUs; without the workaround every round runs its tasks one after the other.
     gaps = []
-    for _ in range(5):
+    for _ in range(3):
+        waits.clear()
         spans = ray_session.data.from_items([{"i": 0}, {"i": 1}], override_num_blocks=2).flat_map(span).take_all()
         first, second = sorted(spans, key=lambda s: s["start"])
         gaps.append(second["start"] - first["start"])
     assert second["start"] < first["end"], f"tasks ran one after the other: {spans}"
-    # The second starts a poll (0.01 s) after the first, not a round of Ray's loop
-    # (0.1 s) later.
+    # Typically 0.01-0.02 s here; 0.1 s or more with Ray's own wait. Timing is left to
+    # BENCHMARKS.md; the waits below are what makes it.
     print("second task's start after the first's (s):", [round(g, 3) for g in gaps])
-    assert min(gaps) < 0.06, gaps
+    assert waits[0] == RAY_DATA_COLD_START_POLL_S, waits
+    assert waits[-1] == RAY_WAIT_FOR_TASKS_S, waits  # Ray's own once the budget was known
+    assert set(waits) == {RAY_DATA_COLD_START_POLL_S, RAY_WAIT_FOR_TASKS_S}, waits
 
 
 def test_balanced_groups_deal_costly_items_apart():
@@ -189,3 +214,36 @@ def test_a_local_ray_starts_without_dashboard_and_runs_tasks(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["one"] == 1 and not result["webui"], result
+
+
+@pytest.mark.timeout(60)
+def test_hidden_progress_bars_do_not_warn(ray_session):
+    """Training and evaluation turn Ray Data's bars off on purpose; Ray's warning that
+    they are off (and how to turn them on) would only confuse their output."""
+    import logging
+
+    from ray.util.debug import reset_log_once
+
+    from speech_enhance.raysetup import RAY_DATA_BARS_OFF_WARNING, hide_ray_data_progress
+
+    context = ray_session.data.DataContext.get_current()
+    warnings: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: warnings.append(record.getMessage())
+    logger = logging.getLogger("ray.data._internal.progress")
+    logger.addHandler(handler)
+    try:
+        reset_log_once(RAY_DATA_BARS_OFF_WARNING)
+        context.enable_progress_bars = False
+        ray_session.data.range(2).take_all()
+        assert any("Progress bars disabled" in w for w in warnings), warnings  # what Ray does
+
+        warnings.clear()
+        reset_log_once(RAY_DATA_BARS_OFF_WARNING)
+        hide_ray_data_progress()
+        ray_session.data.range(2).take_all()
+        assert not context.enable_progress_bars
+        assert not [w for w in warnings if "Progress bars" in w], warnings
+    finally:
+        logger.removeHandler(handler)
+        context.enable_progress_bars = True

@@ -124,14 +124,14 @@ def search(cfg: TuneConfig, log=print) -> dict:  # noqa: ANN001
     from ray.tune.search.optuna import OptunaSearch
 
     from pipeline.build import read_dataset_info
-    from speech_enhance.raysetup import init_ray
+    from speech_enhance.raysetup import hide_ray_data_progress, init_ray
 
     read_dataset_info(cfg.data)  # fail early on a missing or unfinished dataset
     out = storage.resolve(cfg.out)  # a local folder or a URI (s3://...)
     storage.make_dirs(out)
     init_ray()
     require_state_api()
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    hide_ray_data_progress()
     space = load_space(cfg.space)
     resources = ray.cluster_resources()
     concurrent, worker_cpus, threads = plan_concurrency(cfg, resources.get("CPU", 1), resources.get("GPU", 0))
