@@ -15,6 +15,9 @@ import ray
 
 from speech_enhance import allocator
 
+# The log_once key of Ray 2.60's warning that an execution runs without progress bars.
+RAY_DATA_BARS_OFF_WARNING = "ray_data_progress_manager_disabled"
+
 
 def worker_runtime_env() -> dict:
     """The environment of this job's Ray workers.
@@ -38,10 +41,8 @@ def setup_worker_process() -> None:
     full width (:func:`start_ray_data_at_full_width`) and, when the driver hid the
     progress bars (:func:`hide_ray_data_progress`; its DataContext travels with the
     dataset), does not warn that they are hidden."""
-    from ray.util.debug import log_once
-
     start_ray_data_at_full_width()
-    log_once(RAY_DATA_BARS_OFF_WARNING)
+    _mark_bars_off_warning_given()
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard: bool = True) -> None:
@@ -65,18 +66,18 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
     start_ray_data_at_full_width()
 
 
-# The log_once key of Ray 2.60's warning that an execution runs without progress bars.
-RAY_DATA_BARS_OFF_WARNING = "ray_data_progress_manager_disabled"
-
-
 def hide_ray_data_progress() -> None:
     """Turn Ray Data's progress bars off in this process, for commands whose own lines
     report progress (training's line per epoch; evaluation). Ray warns the first time an
     execution runs without bars and says how to turn them back on; here they are off on
     purpose, so that warning is marked as given."""
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    _mark_bars_off_warning_given()
+
+
+def _mark_bars_off_warning_given() -> None:
     from ray.util.debug import log_once
 
-    ray.data.DataContext.get_current().enable_progress_bars = False
     log_once(RAY_DATA_BARS_OFF_WARNING)
 
 
@@ -110,6 +111,9 @@ RAY_DATA_LIMITS_REFRESH_S = 0.1
 RAY_LIMITS_UPDATE_INTERVAL_S = 1  # ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S
 RAY_WAIT_FOR_TASKS_S = 0.1  # streaming_executor_state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S
 _COLD_START_MARK = "_speech_enhance_cold_start_began"
+# The module whose wait for finished tasks limits_refresh_interval sets; None where
+# Ray's constant is not the one measured here.
+_task_wait_module: ModuleType | None = None
 
 
 def start_ray_data_at_full_width() -> None:
@@ -148,11 +152,6 @@ def start_ray_data_at_full_width() -> None:
         _task_wait_module = streaming_executor_state
 
 
-# The module whose wait for finished tasks limits_refresh_interval sets; None where
-# Ray's constant is not the one measured here.
-_task_wait_module: ModuleType | None = None
-
-
 def limits_refresh_interval(resource_manager: object) -> float:
     """Seconds between an executor's refreshes of its resource budget: every
     ``RAY_DATA_COLD_START_POLL_S`` (with the scheduling loop's wait for finished
@@ -166,20 +165,16 @@ def limits_refresh_interval(resource_manager: object) -> float:
     shortens it for any other running beside it (a few extra rounds of their loops),
     and one that knows its budget restores it (the poller then waits as Ray would)."""
     limits = getattr(resource_manager, "_global_limits", None)
+    now = time.monotonic()
     if limits is not None and getattr(limits, "cpu", 0) > 0:
-        _set_task_wait(RAY_WAIT_FOR_TASKS_S)
-        return RAY_LIMITS_UPDATE_INTERVAL_S
-    began = vars(resource_manager).setdefault(_COLD_START_MARK, time.monotonic())
-    if time.monotonic() - began < RAY_DATA_COLD_START_S:
-        _set_task_wait(RAY_DATA_COLD_START_POLL_S)
-        return RAY_DATA_COLD_START_POLL_S
-    _set_task_wait(RAY_WAIT_FOR_TASKS_S)
-    return RAY_DATA_LIMITS_REFRESH_S
-
-
-def _set_task_wait(seconds: float) -> None:
+        interval, wait = RAY_LIMITS_UPDATE_INTERVAL_S, RAY_WAIT_FOR_TASKS_S
+    elif now - vars(resource_manager).setdefault(_COLD_START_MARK, now) < RAY_DATA_COLD_START_S:
+        interval = wait = RAY_DATA_COLD_START_POLL_S
+    else:
+        interval, wait = RAY_DATA_LIMITS_REFRESH_S, RAY_WAIT_FOR_TASKS_S
     if _task_wait_module is not None:
-        _task_wait_module.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S = seconds
+        _task_wait_module.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S = wait
+    return interval
 
 
 def task_count(n_items: int, max_items_per_task: int, tasks_per_cpu: int) -> int:
