@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 OUT ?= runs/demo
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test test-ray-min lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,17 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q
 
+# The suite on the oldest Ray the project supports (pyproject.toml's lower bound), in its
+# own virtual environment; CI runs `make test` on the newest.
+RAY_MIN ?= 2.51.0
+RAY_MIN_VENV ?= .venv-ray-min
+test-ray-min:
+	$(PYTHON) -m venv $(RAY_MIN_VENV)
+	$(RAY_MIN_VENV)/bin/pip install -q --upgrade pip
+	$(RAY_MIN_VENV)/bin/pip install -q torch==2.13.0
+	$(RAY_MIN_VENV)/bin/pip install -q -e '.[dev,corpus]' 'ray[default,data,train,tune]==$(RAY_MIN)'
+	$(RAY_MIN_VENV)/bin/python -m pytest -q
+
 lint: install
 	$(BIN)/ruff check .
 
@@ -34,4 +45,4 @@ bench: install
 	$(BIN)/python bench/rtf.py
 
 clean:
-	rm -rf $(VENV) runs corpus data .pytest_cache
+	rm -rf $(VENV) $(RAY_MIN_VENV) runs corpus data .pytest_cache

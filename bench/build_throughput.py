@@ -52,9 +52,8 @@ from pathlib import Path
 import psutil
 import torch
 
-from pipeline import build
-from pipeline.plan import as_rows, plan_mixtures
-from speech_enhance import allocator
+from speech_enhance.pipeline import allocator, build
+from speech_enhance.pipeline.plan import as_rows, plan_mixtures
 
 HERE = Path(__file__).resolve().parent
 DEV = HERE.parent.parent / "shared" / "data" / "dev"
@@ -173,7 +172,7 @@ def main():
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_build_"))
     import ray
 
-    from speech_enhance.raysetup import init_ray
+    from speech_enhance.pipeline.cluster import init_ray
 
     def config(name, k):
         # Noise shared across splits so K noises per utterance exist in every split.

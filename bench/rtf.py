@@ -14,13 +14,13 @@ import time
 import numpy as np
 import torch
 
-from model.enhance import enhance_array
-from model.net import build_model
-from speech_enhance import allocator
+from speech_enhance.model.enhance import enhance_array
+from speech_enhance.model.net import build_model
+from speech_enhance.pipeline import allocator
 
 
 def main():
-    # As `speech-enhance enhance` does (speech_enhance.allocator).
+    # As `speech-enhance enhance` does (speech_enhance.pipeline.allocator).
     allocator.keep_freed_memory()
     parser = argparse.ArgumentParser()
     parser.add_argument("--widths", default="32,64,64,32")

@@ -14,7 +14,7 @@ count for the computation):
     ray_2w     2 workers, 1 thread each (DDP; the default for 2 workers)     vs plain, 2 threads
     ray_1gpu   1 GPU worker (bf16 autocast, 1 torch thread)                  vs plain on the GPU
 
-Both sides run the same epoch function (model.train._run_epoch). The GPU run is left out
+Both sides run the same epoch function (speech_enhance.model.train._run_epoch). The GPU run is left out
 where torch sees no GPU. Prints JSON; copy it into BENCHMARKS.md.
 """
 
@@ -29,10 +29,10 @@ from pathlib import Path
 
 import torch
 
-from model.data import local_batches
-from model.net import build_model
-from model.train import TrainConfig, _run_epoch, train
-from speech_enhance import allocator
+from speech_enhance.model.data import local_batches
+from speech_enhance.model.net import build_model
+from speech_enhance.model.train import TrainConfig, _run_epoch, train
+from speech_enhance.pipeline import allocator
 
 
 def plain_loop(data: str, batch_size: int, threads: int, device: str = "cpu") -> float:
@@ -68,13 +68,13 @@ def main():
                         default=[name for name, run in RAY_RUNS.items() if run[3] == "cpu" or torch.cuda.is_available()])
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench_train_"))
-    from speech_enhance.raysetup import init_ray
+    from speech_enhance.pipeline.cluster import init_ray
 
     init_ray()
     data = args.data
     if data is None:
-        from pipeline.build import BuildConfig, build_dataset
-        from pipeline.corpus import make_corpus
+        from speech_enhance.pipeline.build import BuildConfig, build_dataset
+        from speech_enhance.pipeline.corpus import make_corpus
 
         make_corpus(work / "corpus")
         data = str(work / "data")

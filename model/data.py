@@ -7,10 +7,11 @@ from collections.abc import Iterator
 
 import pyarrow as pa
 import pyarrow.dataset as pads
+import ray
 import torch
 from ray.data.collate_fn import ArrowBatchCollateFn
 
-from pipeline import storage, store
+from speech_enhance.pipeline import storage, store
 
 TRAIN_COLUMNS = ["noisy_mag", "clean_mag"]
 
@@ -39,23 +40,22 @@ def split_dir(data_dir: str | os.PathLike, split: str) -> str:
 def read_split(data_dir: str | os.PathLike, split: str, shuffle_files: bool = False):  # noqa: ANN201
     """The split as a Ray Dataset of the two training columns.
 
-    Read with Ray Data's first Parquet reader (V1), not Ray 2.60's default (V2). V2 lists
-    the files anew in every execution, which in training is every epoch, and reads their
-    footers on a pool of new ``FooterReader`` actors each time: four new worker processes
-    per epoch here (train and val), each 1.3-1.5 CPU-s to start, which took 2 training
-    workers on 2 CPUs from 16.0 to 14.7-15.4 patches/s. V1 reads the footers once, when
-    the dataset is created."""
-    import ray
-
+    Read with Ray Data's V1 Parquet reader where the Ray version has the newer V2 as its
+    default (``DataContext.use_datasource_v2``): V2 lists the files and reads their
+    footers on new actor processes in every execution, which in training is every epoch,
+    and those processes take the CPUs the training workers need; V1 reads the footers
+    once, when the dataset is created."""
     context = ray.data.DataContext.get_current()
-    default_reader = context.use_datasource_v2
-    context.use_datasource_v2 = False
+    default_reader = getattr(context, "use_datasource_v2", None)
+    if default_reader is not None:
+        context.use_datasource_v2 = False
     try:
         return ray.data.read_parquet(
             split_dir(data_dir, split), columns=TRAIN_COLUMNS, shuffle="files" if shuffle_files else None
         )
     finally:
-        context.use_datasource_v2 = default_reader
+        if default_reader is not None:
+            context.use_datasource_v2 = default_reader
 
 
 def local_batches(

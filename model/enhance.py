@@ -22,7 +22,7 @@ import soxr
 import torch
 from torch import nn
 
-from pipeline import audio, dsp
+from speech_enhance.pipeline import audio, dsp
 
 SEGMENT_SAMPLES = 1000 * dsp.HOP  # 8 s at 16 kHz per model call
 CONTEXT_SAMPLES = 16 * dsp.HOP  # covers the STFT window (±2 frames) and the CNN's ±5 frames
@@ -44,13 +44,16 @@ def enhance_at_strengths(model: nn.Module, x: np.ndarray, strengths: list[float]
         if not 0.0 <= strength <= 1.0:
             raise ValueError(f"strength must be in [0, 1], got {strength}")
     signal = np.atleast_2d(np.asarray(x, dtype=np.float32))
+    length = signal.shape[-1]
+    if length < dsp.N_FFT:  # the STFT's reflect padding needs half a window: pad with silence, cut after
+        signal = np.pad(signal, ((0, 0), (0, dsp.N_FFT - length)))
     specs = dsp.stft(signal)  # [channels, 257, frames]
     # The STFT is linear: the mono mix's spectrum is the mean of the channels' spectra.
     mono_mag = specs.mean(dim=0).abs()
     mask = model(mono_mag[None, None])[0, 0].float()
     outputs = []
     for strength in strengths:
-        out = dsp.istft(specs * (1.0 - strength * (1.0 - mask)), signal.shape[-1]).numpy()
+        out = dsp.istft(specs * (1.0 - strength * (1.0 - mask)), signal.shape[-1]).numpy()[:, :length]
         outputs.append(out[0] if np.ndim(x) == 1 else out)
     return outputs
 

@@ -17,16 +17,18 @@ import time
 from pathlib import Path
 
 import numpy as np
+import ray
 import torch
 from torch import nn
 
-from model import metrics
-from model.data import local_batches
-from model.enhance import enhance_array, enhance_at_strengths
-from model.net import load_model
-from pipeline import dsp, storage
-from pipeline.audio import write_audio
-from pipeline.build import load_manifest, read_dataset_info, render_row
+from speech_enhance.model import metrics
+from speech_enhance.model.data import local_batches
+from speech_enhance.model.enhance import enhance_array, enhance_at_strengths
+from speech_enhance.model.net import load_model
+from speech_enhance.pipeline import dsp, storage
+from speech_enhance.pipeline.audio import write_audio
+from speech_enhance.pipeline.cluster import hide_ray_data_progress, init_ray
+from speech_enhance.pipeline.dataset import load_manifest, read_dataset_info, render_row
 
 METHODS = ("noisy", "model", "model_limited", "wiener", "spectral_gating")
 # "model": the full mask (`enhance --strength 1`). "model_limited": the same model at its
@@ -226,10 +228,6 @@ def _sort_key(group: str) -> tuple:
 def evaluate(data_dir: str, model_path: str, out_dir: str, max_mixtures: int | None = 200,
              samples: int = 3, log=print) -> dict:  # noqa: ANN001
     """Write metrics.json, report.md, figures and samples to ``out_dir``."""
-    import ray
-
-    from speech_enhance.raysetup import hide_ray_data_progress, init_ray
-
     started = time.time()
     info = read_dataset_info(data_dir)
     model, meta = load_model(model_path)

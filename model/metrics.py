@@ -7,9 +7,13 @@ spectral gating from ``noisereduce``; neither sees the clean signal.
 
 from __future__ import annotations
 
+import noisereduce
 import numpy as np
+import torch
+from pesq import NoUtterancesError, pesq
+from pystoi import stoi as _stoi
 
-from pipeline import dsp
+from speech_enhance.pipeline import dsp
 
 
 def si_sdr(reference: np.ndarray, estimate: np.ndarray) -> float:
@@ -24,8 +28,6 @@ def si_sdr(reference: np.ndarray, estimate: np.ndarray) -> float:
 
 def pesq_wb(reference: np.ndarray, estimate: np.ndarray) -> float:
     """Wide-band PESQ (MOS-LQO, about 1.0-4.64); NaN where PESQ finds no utterance."""
-    from pesq import NoUtterancesError, pesq
-
     try:
         return float(pesq(dsp.SAMPLE_RATE, np.asarray(reference, np.float64), np.asarray(estimate, np.float64), "wb"))
     except NoUtterancesError:
@@ -33,8 +35,6 @@ def pesq_wb(reference: np.ndarray, estimate: np.ndarray) -> float:
 
 
 def stoi(reference: np.ndarray, estimate: np.ndarray) -> float:
-    from pystoi import stoi as _stoi
-
     return float(_stoi(reference, estimate, dsp.SAMPLE_RATE, extended=False))
 
 
@@ -62,13 +62,9 @@ def wiener(noisy: np.ndarray, alpha: float = 0.98, gain_floor: float = 0.1) -> n
         prior = alpha * previous_clean / noise[:, 0] + (1 - alpha) * np.maximum(posterior - 1, 0)
         gains[:, t] = np.maximum(prior / (1 + prior), gain_floor)
         previous_clean = (gains[:, t] ** 2) * power[:, t]
-    import torch
-
     return dsp.istft(torch.from_numpy(spec * gains), len(noisy)).numpy()
 
 
 def spectral_gating(noisy: np.ndarray) -> np.ndarray:
     """Stationary spectral gating (``noisereduce``), noise statistics from the input itself."""
-    import noisereduce
-
     return noisereduce.reduce_noise(y=noisy, sr=dsp.SAMPLE_RATE, stationary=True, n_jobs=1).astype(np.float32)

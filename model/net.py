@@ -19,11 +19,10 @@ import os
 import torch
 from torch import nn
 
-from pipeline import dsp, storage
+from speech_enhance.pipeline import dsp, storage
 
 FORMAT_VERSION = 1
 LOG_EPS = 1e-3
-DEFAULT_WIDTHS = (32, 64, 64, 32)
 
 
 def conv_block(cin: int, cout: int) -> nn.Sequential:
@@ -34,6 +33,8 @@ class MaskCNN(nn.Module):
     """Conv2d(1→32) BN GELU → (32→64) → (64→64) → (64→32) → Conv2d(32→1) Sigmoid.
 
     Input and output [batch, 1, 257, frames]; ``widths`` sets the four hidden widths."""
+
+    DEFAULT_WIDTHS = (32, 64, 64, 32)
 
     def __init__(self, widths: tuple[int, ...] | list[int] = DEFAULT_WIDTHS):
         super().__init__()
@@ -56,11 +57,13 @@ class UNetMask(nn.Module):
     """A small U-Net variant: two stride-2 downsamplings along frequency and time with
     skip connections; same input/output contract as :class:`MaskCNN`."""
 
-    def __init__(self, widths: tuple[int, ...] | list[int] = (16, 32, 64)):
+    DEFAULT_WIDTHS = (16, 32, 64)
+
+    def __init__(self, widths: tuple[int, ...] | list[int] = DEFAULT_WIDTHS):
         super().__init__()
         w = [int(x) for x in widths]
-        if len(w) != 3:
-            raise ValueError("unet takes three widths")
+        if len(w) != 3 or min(w) < 1:
+            raise ValueError(f"unet takes three positive widths, got {w}")
         self.widths = w
         self.input_norm = nn.BatchNorm2d(1, affine=False)
         self.enc1 = conv_block(1, w[0])
@@ -91,10 +94,20 @@ class UNetMask(nn.Module):
 ARCHITECTURES = {"mask_cnn": MaskCNN, "unet": UNetMask}
 
 
-def build_model(arch: str = "mask_cnn", widths: list[int] | tuple[int, ...] | None = None) -> nn.Module:
+def default_widths(arch: str) -> list[int]:
+    """The architecture's default channel widths."""
+    return list(_architecture(arch).DEFAULT_WIDTHS)
+
+
+def _architecture(arch: str) -> type[nn.Module]:
     if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {arch!r}; choose from {sorted(ARCHITECTURES)}")
-    cls = ARCHITECTURES[arch]
+        raise ValueError(f"unknown architecture {arch!r}; choose from {', '.join(sorted(ARCHITECTURES))}")
+    return ARCHITECTURES[arch]
+
+
+def build_model(arch: str = "mask_cnn", widths: list[int] | tuple[int, ...] | None = None) -> nn.Module:
+    """A freshly initialised network; ``widths`` None: the architecture's default."""
+    cls = _architecture(arch)
     return cls(widths) if widths else cls()
 
 
@@ -128,8 +141,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
         payload = torch.load(io.BytesIO(storage.read_bytes(path)), map_location=device, weights_only=True)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such model file") from None
-    except Exception as exc:
-        raise ValueError(f"{path}: not a speech-enhance model ({type(exc).__name__}: {exc})") from None
+    except Exception:  # torch's own message is pages long; the file is simply not a model
+        raise ValueError(f"{path}: not a speech-enhance model file (torch.load could not read it)") from None
     if not isinstance(payload, dict) or "model_config" not in payload:
         raise ValueError(f"{path}: not a speech-enhance model (no model_config)")
     if payload.get("sample_rate") != dsp.SAMPLE_RATE or payload.get("stft", {}).get("hop") != dsp.HOP:

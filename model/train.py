@@ -21,16 +21,23 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import ray
+import ray.train
+import ray.train.torch
 import torch
 import torch.distributed as dist
+from ray.train.torch import TorchTrainer
 from torch import nn
 
-from model.net import DEFAULT_WIDTHS, build_model, save_model
-from pipeline import storage
-from pipeline.build import read_dataset_info
+from speech_enhance.model.config import TrainConfig
+from speech_enhance.model.data import PatchCollate, read_split
+from speech_enhance.model.evaluate import calibrate_strength, describe_strength, identity_l1, test_l1
+from speech_enhance.model.net import build_model, save_model
+from speech_enhance.pipeline import storage
+from speech_enhance.pipeline.cluster import hide_ray_data_progress, init_ray
+from speech_enhance.pipeline.dataset import read_dataset_info
 
 BEST_MODEL = "cnn_enhancer_best.pth"
 RAY_RUN_NAME = "ray"
@@ -40,33 +47,6 @@ RESUMABLE_KEYS = {"epochs", "patience", "workers", "gpu", "cpus_per_worker", "to
 
 class TrainError(RuntimeError):
     pass
-
-
-@dataclass
-class TrainConfig:
-    data: str
-    out: str
-    epochs: int = 100
-    patience: int = 8
-    lr: float = 1e-3
-    weight_decay: float = 1e-2
-    batch_size: int = 16
-    arch: str = "mask_cnn"
-    widths: list[int] = field(default_factory=lambda: list(DEFAULT_WIDTHS))
-    step_size: int | None = None  # StepLR off unless set
-    gamma: float = 0.5
-    workers: int = 1
-    gpu: str = "auto"  # auto | yes | no
-    cpus_per_worker: float | None = None  # None: leave a CPU for Ray Data on small machines
-    torch_threads: int | None = None  # None: the CPUs of the node divided among the workers
-    seed: int = 0
-    shuffle_buffer: int = 256
-    # Test hook: {"epoch": k, "rank": r, "marker": path} makes that rank crash once
-    # at the end of epoch k (before reporting), to exercise Ray's worker restart.
-    fault_injection: dict | None = None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 # ---------------------------------------------------------------- worker side
@@ -116,11 +96,6 @@ def _maybe_inject_fault(config: dict, epoch: int, rank: int) -> None:
 
 
 def train_loop_per_worker(config: dict) -> None:
-    import ray.train
-    import ray.train.torch
-
-    from model.data import PatchCollate
-
     torch.manual_seed(config["seed"])
     if config.get("torch_threads"):
         torch.set_num_threads(config["torch_threads"])
@@ -215,8 +190,6 @@ def _adam_steps(optimizer: torch.optim.Optimizer) -> int:
 
 # ---------------------------------------------------------------- driver side
 def _use_gpu(setting: str) -> bool:
-    import ray
-
     available = ray.cluster_resources().get("GPU", 0) > 0
     if setting == "yes" and not available:
         raise TrainError("--gpu yes, but the Ray cluster has no GPU")
@@ -228,8 +201,6 @@ def _resources(cfg: TrainConfig, use_gpu: bool) -> tuple[float, int]:
 
     Workers that take every CPU starve Ray Data's read tasks and training hangs, so
     on small clusters each worker reserves at most its share of all-but-one CPU."""
-    import ray
-
     total = ray.cluster_resources().get("CPU", 1)
     if cfg.cpus_per_worker is not None:
         cpus = cfg.cpus_per_worker
@@ -276,13 +247,7 @@ def train(cfg: TrainConfig, overwrite: bool = False, log=print, callbacks: list 
     Train callbacks (Tune passes its ``TuneReportCallback``). ``choose_strength``: pick
     the exported model's default strength on the validation split (Tune's trials skip
     it; the search does it for its best model only)."""
-    import ray
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
-    from model.data import read_split
-    from speech_enhance.raysetup import hide_ray_data_progress, init_ray
-
+    cfg = cfg.validated()
     dataset_info = read_dataset_info(cfg.data)
     out = storage.resolve(cfg.out)  # a local folder or a URI (s3://...) on shared storage
     config = cfg.to_dict()
@@ -330,8 +295,6 @@ def train(cfg: TrainConfig, overwrite: bool = False, log=print, callbacks: list 
 def export_run(result, out: str, cfg: TrainConfig, log=print, choose_strength: bool = True) -> dict:  # noqa: ANN001
     """Best checkpoint → cnn_enhancer_best.pth; history.csv, loss_curve.png, results.json
     (``out``: a local folder or a URI)."""
-    from model.evaluate import describe_strength, identity_l1, test_l1
-
     if result.error:
         raise TrainError(f"training failed: {result.error}")
     latest = _load_state(result.checkpoint)
@@ -387,8 +350,6 @@ def save_with_default_strength(model: nn.Module, dest: str, data_dir: str | None
     intelligibility (STOI) that the loss does not see. Without ``data_dir`` or a
     validation split no strength is saved (then `enhance` uses the full mask).
     Returns the choice."""
-    from model.evaluate import calibrate_strength
-
     model.eval()
     choice = calibrate_strength(model, data_dir) if data_dir is not None else None
     if choice:

@@ -15,7 +15,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from pipeline.dsp import MIN_PATCH_SAMPLES, SAMPLE_RATE
+from speech_enhance.pipeline.dsp import MIN_PATCH_SAMPLES, SAMPLE_RATE
 
 # Peak below which a file counts as silent (-80 dBFS).
 SILENCE_PEAK = 1e-4

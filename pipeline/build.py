@@ -1,6 +1,6 @@
 """Dataset build: Ray Data fans the mixture manifest out to workers that render,
 featurise and write Parquet. This module is orchestration only; the audio work is the
-pure functions of :mod:`pipeline.dsp` and :mod:`pipeline.audio`.
+pure functions of :mod:`speech_enhance.pipeline.dsp` and :mod:`speech_enhance.pipeline.audio`.
 
 Output (see README "Dataset layout")::
 
@@ -11,37 +11,37 @@ Output (see README "Dataset layout")::
 
 from __future__ import annotations
 
-import functools
 import itertools
 import json
 import os
 import platform
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import ray
+import torch
 
-from pipeline import audio, dsp, storage, store
-from pipeline.plan import SPLITS, MixturePlan, SourceFile, as_rows, plan_mixtures
+from speech_enhance.pipeline import audio, dsp, storage, store
+from speech_enhance.pipeline.cluster import balanced_groups, contiguous_groups, init_ray, task_count
+from speech_enhance.pipeline.config import PATCH_TENSORS, BuildConfig
+from speech_enhance.pipeline.dataset import (
+    DatasetError,
+    patch_file_name,
+    render_row,
+)
+from speech_enhance.pipeline.plan import SPLITS, MixturePlan, SourceFile, as_rows, plan_mixtures
 
-FORMAT_VERSION = 1
-PATCH_TENSORS = store.TENSOR_COLUMNS
-# Ray tasks per CPU and most items per task (speech_enhance.raysetup.task_count) for
-# writing file jobs (each ~128 MiB of patches by default) and for probing input files.
-# Writing goes through Ray Data, which starts a task's successor up to 0.4 s after the
-# task ends: one task per CPU, of up to 16 files (~5 s of work on this project's VM,
-# so that gap costs a few percent), beat two per CPU of up to 8 files in 20 of 27
-# interleaved rounds (BENCHMARKS.md). The probe's tasks get input files dealt out by
-# size (raysetup.balanced_groups); so balanced, one task per CPU probed the
-# development corpus in 0.070 s, two in 0.082 s (BENCHMARKS.md, session 13).
+# Ray tasks per CPU and most items per task (cluster.task_count) for writing file jobs
+# (each ~128 MiB of patches by default) and for probing input files (dealt out by size,
+# cluster.balanced_groups). Ray Data starts a task's successor a scheduling round after
+# the task ends, so one task per CPU beat two (BENCHMARKS.md, "Dataset build").
 WRITE_TASKS_PER_CPU, FILES_PER_TASK = 1, 16
 PROBE_TASKS_PER_CPU, PROBES_PER_TASK = 1, 64
 # Patch rows per Parquet row group (~12 MiB at float32): small enough to write as we go.
 ROW_GROUP_ROWS = 64
-DEFAULT_FILE_BYTES = 128 * 2**20
 # Spectra do not compress (LZ4 measured 100.4% of raw) and dictionary-encoding floats
 # only costs CPU; statistics are kept for the scalar columns that readers filter on.
 PARQUET_ARGS = {
@@ -51,91 +51,10 @@ PARQUET_ARGS = {
 }
 
 
-class BuildError(RuntimeError):
+class BuildError(DatasetError):
     """A build that cannot go on; the message says why and what to do."""
 
-
-@dataclass
-class BuildConfig:
-    clean_dir: str
-    noise_dir: str
-    out_dir: str
-    snrs: list[float] = field(default_factory=lambda: [10.0, 5.0, 0.0, -5.0])
-    split: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    seed: int = 0
-    noises_per_clean: int | None = None  # None: every noise file of the split
-    rows_per_file: int | None = None  # None: about 128 MiB per file
-    dtype: str = "float32"
-    split_noise: bool = True
-    speaker_regex: str | None = None
-    # Test hook, not part of the dataset config (also read from the environment variable
-    # SPEECH_ENHANCE_FAULT_INJECTION as JSON): {"marker": path} makes the first file
-    # job's worker process die once, before it writes, to exercise Ray's task retries;
-    # {"delay_s": s} makes every file job take s seconds longer, so tests can interrupt
-    # a build or remove a node while it runs.
-    fault_injection: dict | None = None
-
-    def effective(self) -> dict:
-        """The config as recorded in dataset.json (paths resolved, defaults filled)."""
-        return {
-            "clean_dir": str(Path(self.clean_dir).resolve()),
-            "noise_dir": str(Path(self.noise_dir).resolve()),
-            "snrs": [float(s) for s in self.snrs],
-            "split": [float(f) for f in self.split],
-            "seed": self.seed,
-            "noises_per_clean": self.noises_per_clean,
-            "rows_per_file": self.rows_per_file or default_rows_per_file(self.dtype),
-            "dtype": self.dtype,
-            "split_noise": self.split_noise,
-            "speaker_regex": self.speaker_regex,
-            "sample_rate": dsp.SAMPLE_RATE,
-            "n_fft": dsp.N_FFT,
-            "hop": dsp.HOP,
-            "patch_frames": dsp.PATCH_FRAMES,
-            "format_version": FORMAT_VERSION,
-        }
-
-
-def default_rows_per_file(dtype: str) -> int:
-    row_bytes = len(PATCH_TENSORS) * dsp.N_BINS * dsp.PATCH_FRAMES * np.dtype(dtype).itemsize
-    return max(1, DEFAULT_FILE_BYTES // row_bytes)
-
-
-def read_dataset_info(data_dir: str | os.PathLike) -> dict:
-    """dataset.json of a finished build, or :class:`BuildError` saying what is wrong."""
-    path = storage.join(data_dir, "dataset.json")
-    if not storage.is_file(path):
-        raise BuildError(f"{data_dir}: no dataset.json - not a dataset built by `speech-enhance build`")
-    info = storage.read_json(path)
-    if not info.get("complete"):
-        raise BuildError(f"{data_dir}: the build did not finish (dataset.json says incomplete); rebuild with --overwrite")
-    return info
-
-
 # ---------------------------------------------------------------- worker side
-# Loaded audio is cached per worker process: Ray reuses worker processes across tasks,
-# and consecutive mixtures share their clean file and draw from few noise files.
-@functools.lru_cache(maxsize=8)
-def _cached_clean(path: str) -> np.ndarray:
-    return audio.load_clean(path)
-
-
-@functools.lru_cache(maxsize=64)
-def _cached_noise(path: str) -> np.ndarray:
-    return audio.load_audio(path)
-
-
-def render_row(row: dict) -> dsp.Mixture:
-    """Re-render one manifest row (a dict with the MixturePlan fields)."""
-    return dsp.render_mixture(
-        _cached_clean(row["clean_path"]),
-        _cached_noise(row["noise_path"]),
-        float(row["snr_db"]),
-        int(row["noise_offset"]),
-        float(row["level_db"]),
-    )
-
-
 def mixture_patch_columns(row: dict, dtype: str) -> tuple[dict[str, np.ndarray], dsp.Mixture]:
     """Render one manifest row into its patch rows (columnar numpy)."""
     mix = render_row(row)
@@ -157,7 +76,7 @@ def write_patch_file(rows: list[dict], path: str | os.PathLike, dtype: str = "fl
     few mixtures whatever the file size. The file appears under its final name only
     when complete (temp file, then rename), and its name comes from the manifest, so a
     retried task replaces it instead of duplicating rows. ``path`` may be a URI
-    (:mod:`pipeline.storage`). Returns, per mixture, what the manifest needs from the
+    (:mod:`speech_enhance.pipeline.storage`). Returns, per mixture, what the manifest needs from the
     worker: gain, measured SNR and patch count."""
     results, pending, pending_rows, writer = [], [], 0, None
     with storage.open_output(path) as sink:
@@ -183,7 +102,7 @@ def _flush(writer: pq.ParquetWriter | None, sink: pa.NativeFile, pending: list[d
     """Write the pending mixtures as one row group, opening the file on first use.
 
     The mixtures' arrays go to the writer as the chunks of one table, not concatenated
-    first: copying ~12 MiB per row group once more made builds 7-8% slower (BENCHMARKS.md)."""
+    first: one copy of ~12 MiB per row group fewer."""
     table = pa.concat_tables([store.to_arrow(columns) for columns in pending])
     if writer is None:
         writer = pq.ParquetWriter(sink, table.schema, **PARQUET_ARGS)
@@ -191,15 +110,9 @@ def _flush(writer: pq.ParquetWriter | None, sink: pa.NativeFile, pending: list[d
     return writer
 
 
-def patch_file_name(first_mixture_id: int) -> str:
-    return f"part-{first_mixture_id:08d}.parquet"
-
-
 def _write_job(job: dict, dtype: str, fault_injection: dict | None = None) -> list[dict]:
     """Write one file job (a path and its manifest rows) → per-mixture results, each
     tagged with the Ray node that wrote it."""
-    import ray
-
     fault = fault_injection or {}
     if "marker" in fault and job["index"] == 0 and not os.path.exists(fault["marker"]):
         Path(fault["marker"]).write_text("worker killed\n")
@@ -279,14 +192,9 @@ def sort_probed(
 
 
 def _probe_inputs(cfg: BuildConfig) -> tuple[list[SourceFile], list[SourceFile], list[dict]]:
-    import ray
-
-    from speech_enhance.raysetup import task_count
-
     items, skipped = list_inputs(cfg)
     # Plain Ray tasks, not Ray Data: the probe returns one small dict per input file, so
-    # streaming buys nothing, and a Ray Data execution's start-up and tear-down cost
-    # 0.25 s against 0.13 s for these tasks (129 files, 2 CPUs).
+    # streaming buys nothing, and a Ray Data execution costs more to start and stop.
     n_tasks = task_count(len(items), PROBES_PER_TASK, PROBE_TASKS_PER_CPU)
     probe = ray.remote(probe_files)
     parts = ray.get([probe.remote(group) for group in probe_groups(items, n_tasks)])
@@ -296,9 +204,7 @@ def _probe_inputs(cfg: BuildConfig) -> tuple[list[SourceFile], list[SourceFile],
 def probe_groups(items: list[dict], n_tasks: int) -> list[list[dict]]:
     """Deal the input items out to ``n_tasks`` probe tasks of about equal cost, file
     size standing in for the cost of loading a file
-    (:func:`~speech_enhance.raysetup.balanced_groups`)."""
-    from speech_enhance.raysetup import balanced_groups
-
+    (:func:`~speech_enhance.pipeline.cluster.balanced_groups`)."""
     groups = balanced_groups([_file_size(item["path"]) for item in items], n_tasks)
     return [[items[i] for i in group] for group in groups]
 
@@ -320,9 +226,6 @@ def _reasons(skipped: list[dict]) -> str:
 
 
 def _versions() -> dict:
-    import ray
-    import torch
-
     return {
         "python": platform.python_version(),
         "numpy": np.__version__,
@@ -361,8 +264,6 @@ def write_tasks(jobs: list[dict], n_tasks: int) -> list[list[dict]]:
     a cut falls in is written as two, the second named after its own first mixture, so
     file names still follow from the manifest and the task count, and a retried task
     replaces its files. Jobs keep their order and are renumbered (``index``)."""
-    from speech_enhance.raysetup import contiguous_groups
-
     mixtures = [(j, m) for j, job in enumerate(jobs) for m in job["mixtures"]]
     tasks: list[list[dict]] = []
     for run in contiguous_groups([m["n_patches"] for _, m in mixtures], n_tasks):
@@ -385,13 +286,9 @@ def _write_files(jobs: list[dict], dtype: str, fault_injection: dict | None = No
     Writing inside the worker (rather than ``Dataset.write_parquet``) keeps the patch
     tensors out of Ray's object store, so memory does not grow with the dataset, and
     makes every file's name a function of the manifest, so a retried task replaces
-    its file instead of duplicating rows (BENCHMARKS.md has the measurements). Each
+    its file instead of duplicating rows. Each
     Ray task writes a run of consecutive files (:func:`write_tasks`,
-    :func:`~speech_enhance.raysetup.task_count`)."""
-    import ray
-
-    from speech_enhance.raysetup import task_count
-
+    :func:`~speech_enhance.pipeline.cluster.task_count`)."""
     n_tasks = task_count(len(jobs), FILES_PER_TASK, WRITE_TASKS_PER_CPU)
     tasks = [{"jobs": task} for task in write_tasks(jobs, n_tasks)]
     ds = ray.data.from_items(tasks, override_num_blocks=len(tasks))
@@ -401,12 +298,9 @@ def _write_files(jobs: list[dict], dtype: str, fault_injection: dict | None = No
 def build_dataset(cfg: BuildConfig, overwrite: bool = False, log=print, dashboard: bool = True) -> dict:  # noqa: ANN001
     """Run the whole build; returns the dataset.json contents. If Ray is not running
     yet, a local Ray is started, without its dashboard when ``dashboard`` is False
-    (:func:`speech_enhance.raysetup.init_ray`): the CLI's choice, as nothing in a build
+    (:func:`speech_enhance.pipeline.cluster.init_ray`): the CLI's choice, as nothing in a build
     reads it, but a process that trains afterwards on the same Ray needs it."""
-    import ray
-
-    from speech_enhance.raysetup import init_ray
-
+    cfg.validate()
     config = cfg.effective()
     out = storage.resolve(cfg.out_dir)
     state = _existing_state(out, config, overwrite)
@@ -505,8 +399,3 @@ def _finish_manifest(out: str, mixtures: list[MixturePlan], results: list[dict])
             "files": len(files),
         }
     return pa.Table.from_pylist(rows), splits
-
-
-def load_manifest(data_dir: str | os.PathLike) -> list[dict]:
-    """Manifest rows of a finished dataset."""
-    return pq.read_table(storage.join(data_dir, "manifest.parquet")).to_pylist()

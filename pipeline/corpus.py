@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.audio import resample, write_audio
-from pipeline.dsp import SAMPLE_RATE
+from speech_enhance.pipeline.audio import resample, write_audio
+from speech_enhance.pipeline.dsp import SAMPLE_RATE
 
 # Harvard sentences (IEEE Recommended Practice for Speech Quality Measurements, 1969),
 # lists 1-3: public domain, phonetically balanced.

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from pipeline.dsp import LEVEL_RANGE_DB, n_patches, noise_offset_range
+from speech_enhance.pipeline.dsp import LEVEL_RANGE_DB, n_patches, noise_offset_range
 
 SPLITS = ("train", "val", "test")
 

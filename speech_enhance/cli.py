@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+from pathlib import Path
 
-from speech_enhance import allocator
-
-
-def _fractions(values: list[float]) -> tuple[float, float, float]:
-    if len(values) != 3:
-        raise argparse.ArgumentTypeError("--split takes three numbers: train val test")
-    return (values[0], values[1], values[2])
+from speech_enhance.pipeline import allocator
 
 
 def _noises_per_clean(value: str) -> int | None:
@@ -32,7 +28,7 @@ def _add_address(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_corpus(args: argparse.Namespace) -> int:
-    from pipeline.corpus import make_corpus
+    from speech_enhance.pipeline.corpus import make_corpus
 
     counts = make_corpus(args.out_dir, seed=args.seed)
     print(
@@ -43,25 +39,15 @@ def cmd_corpus(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from pipeline.build import BuildConfig, build_dataset
-    from speech_enhance.raysetup import init_ray
+    from speech_enhance.pipeline.build import build_dataset
+    from speech_enhance.pipeline.cluster import init_ray
+    from speech_enhance.pipeline.config import BuildConfig
 
-    cfg = BuildConfig(
-        clean_dir=args.clean,
-        noise_dir=args.noise,
-        out_dir=args.out,
-        snrs=args.snr,
-        split=_fractions(args.split),
-        seed=args.seed,
-        noises_per_clean=args.noises_per_clean,
-        rows_per_file=args.rows_per_file,
-        dtype=args.dtype,
-        split_noise=not args.no_split_noise,
-        speaker_regex=args.speaker_regex,
-    )
+    cfg = BuildConfig(**_given(args, BuildConfig))
+    cfg.validate()  # before Ray starts
     if args.address:
         init_ray(args.address)
-    # A local Ray started for the build alone runs without the dashboard (raysetup.local_ray_options).
+    # A local Ray started for the build alone runs without the dashboard (cluster.local_ray_options).
     build_dataset(cfg, overwrite=args.overwrite, dashboard=False)
     return 0
 
@@ -77,15 +63,13 @@ def _widths(value: str) -> list[int]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from model.train import TrainConfig, train
-    from speech_enhance.raysetup import init_ray
+    from speech_enhance.model.config import TrainConfig
+    from speech_enhance.model.train import train
+    from speech_enhance.pipeline.cluster import init_ray
 
-    values = {}
-    if args.config:
-        values.update(_load_config_file(args.config))
-    explicit = {k: v for k, v in vars(args).items() if v is not None and k in TrainConfig.__dataclass_fields__}
-    values.update(explicit)
-    cfg = TrainConfig(**values)
+    values = _load_config_file(args.config) if args.config else {}
+    values.update(_given(args, TrainConfig))
+    cfg = TrainConfig(**values).validated()  # before Ray starts
     if args.address:
         init_ray(args.address)
     train(cfg, overwrite=args.overwrite)
@@ -93,8 +77,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _load_config_file(path: str) -> dict:
-    from model.train import TrainConfig
-    from pipeline import storage
+    from speech_enhance.model.config import TrainConfig
+    from speech_enhance.pipeline import storage
 
     data = storage.read_json(path)  # a local file or a URI (s3://.../best_config.json)
     data = data.get("config", data)  # best_config.json wraps the parameters
@@ -102,8 +86,8 @@ def _load_config_file(path: str) -> dict:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from model.evaluate import evaluate
-    from speech_enhance.raysetup import init_ray
+    from speech_enhance.model.evaluate import evaluate
+    from speech_enhance.pipeline.cluster import init_ray
 
     if args.address:
         init_ray(args.address)
@@ -114,9 +98,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_enhance(args: argparse.Namespace) -> int:
     import torch
 
-    from model.enhance import enhance_paths
-    from model.net import load_model
+    from speech_enhance.model.enhance import enhance_paths
+    from speech_enhance.model.net import load_model
 
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out}: is a file; give a folder for the enhanced files")
+    if args.strength is not None and not 0 <= args.strength <= 1:
+        raise ValueError(f"--strength must be in [0, 1], got {args.strength}")
     model, meta = load_model(args.model)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -137,14 +125,14 @@ def cmd_enhance(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from speech_enhance.raysetup import init_ray
-    from tune.search import TuneConfig, search
+    from speech_enhance.pipeline.cluster import init_ray
+    from speech_enhance.tune.config import TuneConfig
+    from speech_enhance.tune.search import search
 
+    cfg = TuneConfig(**_given(args, TuneConfig))
     if args.address:
         init_ray(args.address)
-    search(TuneConfig(data=args.data, out=args.out, samples=args.samples, max_concurrent=args.max_concurrent,
-                      epochs=args.epochs, workers_per_trial=args.workers_per_trial,
-                      gpus_per_trial=args.gpus_per_trial, space=args.space, seed=args.seed))
+    search(cfg)
     return 0
 
 
@@ -155,10 +143,40 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _default(config: type, name: str) -> object:
+    """A config dataclass's default for ``name``: the CLI shows it, never repeats it."""
+    spec = config.__dataclass_fields__[name]
+    return spec.default_factory() if spec.default_factory is not dataclasses.MISSING else spec.default
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, (list, tuple)):
+        return " ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _option(p: argparse.ArgumentParser, flag: str, config: type, dest: str, text: str, default_text: str | None = None,
+            **kwargs: object) -> None:
+    """An option whose default lives in ``config`` (left None here, so that a flag the user
+    did not give never overrides a --config file or the dataclass)."""
+    shown = default_text if default_text is not None else _shown(_default(config, dest))
+    p.add_argument(flag, dest=dest, default=None, help=f"{text} (default: {shown})", **kwargs)
+
+
+def _given(args: argparse.Namespace, config: type) -> dict:
+    """The options the user gave that are fields of ``config``."""
+    return {k: v for k, v in vars(args).items() if v is not None and k in config.__dataclass_fields__}
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from speech_enhance.model.config import TrainConfig
+    from speech_enhance.model.net import ARCHITECTURES
+    from speech_enhance.pipeline.config import BuildConfig
+    from speech_enhance.tune.config import TuneConfig
+
     parser = argparse.ArgumentParser(
         prog="speech-enhance",
-        description="Noisy-speech datasets, mask-CNN training, evaluation and tuning on Ray.",
+        description="Noisy-speech datasets, speech-denoising training, evaluation, enhancement and tuning on Ray.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -167,85 +185,90 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_corpus)
 
-    p = sub.add_parser("build", help="render every clean x noise x SNR mixture into Parquet patches")
-    p.add_argument("--clean", required=True, help="folder of clean speech, one sub-folder per speaker")
-    p.add_argument("--noise", required=True, help="folder of noise recordings (searched recursively)")
-    p.add_argument("--out", required=True, help="dataset folder to write")
-    p.add_argument("--snr", type=float, nargs="+", default=[10.0, 5.0, 0.0, -5.0], help="SNRs in dB")
-    p.add_argument("--split", type=float, nargs=3, default=[0.8, 0.1, 0.1], metavar=("TRAIN", "VAL", "TEST"),
-                   help="fractions of speakers (and noise files) per split")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--noises-per-clean", type=_noises_per_clean, default=None, metavar="all|K",
-                   help="noise files mixed with each utterance: all of the split's (default) or K sampled")
-    p.add_argument("--no-split-noise", action="store_true", help="share noise files between the splits")
-    p.add_argument("--speaker-regex", default=None,
-                   help="regex on the path relative to --clean whose first group is the speaker "
-                        "(default: the parent folder name)")
-    p.add_argument("--rows-per-file", type=int, default=None, help="patch rows per Parquet file (default ~128 MiB)")
-    p.add_argument("--dtype", choices=["float32", "float16"], default="float32")
+    p = sub.add_parser("build", help="render clean x noise x SNR mixtures into Parquet patches")
+    p.add_argument("--clean", dest="clean_dir", required=True, help="folder of clean speech, one sub-folder per speaker")
+    p.add_argument("--noise", dest="noise_dir", required=True, help="folder of noise recordings (searched recursively)")
+    p.add_argument("--out", dest="out_dir", required=True, help="dataset folder to write")
+    _option(p, "--snr", BuildConfig, "snrs", "SNRs in dB", type=float, nargs="+")
+    _option(p, "--split", BuildConfig, "split", "fractions of speakers (and noise files) per split, summing to 1",
+            type=float, nargs=3, metavar=("TRAIN", "VAL", "TEST"))
+    _option(p, "--seed", BuildConfig, "seed", "random seed of the plan and every mixture", type=int)
+    _option(p, "--noises-per-clean", BuildConfig, "noises_per_clean",
+            "noise files mixed with each utterance: all of the split's, or K sampled", default_text="all",
+            type=_noises_per_clean, metavar="all|K")
+    p.add_argument("--no-split-noise", dest="split_noise", action="store_false", default=None,
+                   help="share noise files between the splits")
+    _option(p, "--speaker-regex", BuildConfig, "speaker_regex",
+            "regex on the path relative to --clean whose first group is the speaker", default_text="the parent folder")
+    _option(p, "--rows-per-file", BuildConfig, "rows_per_file", "patch rows per Parquet file",
+            default_text="about 128 MiB", type=int)
+    _option(p, "--dtype", BuildConfig, "dtype", "storage type of the tensors", choices=["float32", "float16"])
     p.add_argument("--overwrite", action="store_true", help="replace an existing or unfinished dataset")
     _add_address(p)
     p.set_defaults(func=cmd_build)
 
-    p = sub.add_parser("train", help="train the mask CNN with Ray Train (resumes when re-run)")
+    p = sub.add_parser("train", help="train a speech-denoising network with Ray Train (resumes when re-run)")
     p.add_argument("--data", required=True, help="dataset folder from `build`")
     p.add_argument("--out", required=True, help="run folder (checkpoints, best model, history)")
     p.add_argument("--config", default=None, help="JSON of training settings, e.g. TUNE_DIR/best_config.json; "
                                                   "flags given here override it")
-    p.add_argument("--epochs", type=int, default=None, help="maximum epochs (default 100)")
-    p.add_argument("--patience", type=int, default=None, help="early-stopping patience in epochs (default 8)")
-    p.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default 1e-3)")
-    p.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (default 1e-2)")
-    p.add_argument("--batch-size", type=int, default=None, help="patches per batch per worker (default 16)")
-    p.add_argument("--arch", choices=["mask_cnn", "unet"], default=None, help="network (default mask_cnn)")
-    p.add_argument("--widths", type=_widths, default=None, help="channel widths (default 32,64,64,32)")
-    p.add_argument("--step-size", type=int, default=None, help="StepLR step in epochs (off unless given)")
-    p.add_argument("--gamma", type=float, default=None, help="StepLR decay factor (default 0.5)")
-    p.add_argument("--workers", type=int, default=None, help="data-parallel workers (default 1)")
-    p.add_argument("--gpu", choices=["auto", "yes", "no"], default=None, help="use GPUs (default auto)")
-    p.add_argument("--cpus-per-worker", type=float, default=None,
-                   help="CPUs reserved per worker (default: leaves one CPU for Ray Data on small machines)")
-    p.add_argument("--seed", type=int, default=None)
+    _option(p, "--epochs", TrainConfig, "epochs", "maximum epochs", type=int)
+    _option(p, "--patience", TrainConfig, "patience", "early-stopping patience in epochs", type=int)
+    _option(p, "--lr", TrainConfig, "lr", "AdamW learning rate", type=float)
+    _option(p, "--weight-decay", TrainConfig, "weight_decay", "AdamW weight decay", type=float)
+    _option(p, "--batch-size", TrainConfig, "batch_size", "patches per batch per worker", type=int)
+    _option(p, "--arch", TrainConfig, "arch", "network", choices=sorted(ARCHITECTURES))
+    _option(p, "--widths", TrainConfig, "widths", "comma-separated channel widths",
+            default_text="the architecture's own", type=_widths)
+    _option(p, "--step-size", TrainConfig, "step_size", "StepLR step in epochs", default_text="StepLR off", type=int)
+    _option(p, "--gamma", TrainConfig, "gamma", "StepLR decay factor", type=float)
+    _option(p, "--workers", TrainConfig, "workers", "data-parallel workers", type=int)
+    _option(p, "--gpu", TrainConfig, "gpu", "use GPUs", choices=["auto", "yes", "no"])
+    _option(p, "--cpus-per-worker", TrainConfig, "cpus_per_worker", "CPUs reserved per worker",
+            default_text="leaves one CPU for Ray Data on small machines", type=float)
+    _option(p, "--seed", TrainConfig, "seed", "random seed", type=int)
     p.add_argument("--overwrite", action="store_true", help="discard an existing run in --out")
     _add_address(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="test loss, PESQ/STOI/SI-SDR against baselines, report with samples")
     p.add_argument("--data", required=True, help="dataset folder (its test split is evaluated)")
-    p.add_argument("--model", required=True, help="cnn_enhancer_best.pth")
+    p.add_argument("--model", required=True, help="a model file (RUN_DIR/cnn_enhancer_best.pth)")
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--max-mixtures", type=int, default=200,
-                   help="evaluate at most this many test mixtures, evenly spaced (0: all)")
-    p.add_argument("--samples", type=int, default=3, help="mixtures written as audio + spectrogram figures")
+                   help="evaluate at most this many test mixtures, evenly spaced (0: all; default: 200)")
+    p.add_argument("--samples", type=int, default=3, help="mixtures written as audio + spectrogram figures (default: 3)")
     _add_address(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("enhance", help="denoise audio files or folders of any length, rate and channels")
     p.add_argument("inputs", nargs="+", help="audio files or folders (searched recursively)")
-    p.add_argument("--model", required=True, help="cnn_enhancer_best.pth")
+    p.add_argument("--model", required=True, help="a model file (RUN_DIR/cnn_enhancer_best.pth)")
     p.add_argument("--out", required=True, help="output folder (file names are kept)")
     p.add_argument("--strength", type=float, default=None,
-                   help="0 = unchanged ... 1 = full mask; default: the strength saved in the model file "
-                        "(chosen on validation data at training), else 1")
+                   help="0 = unchanged ... 1 = full mask (default: the strength saved in the model file, "
+                        "chosen on validation data at training, else 1)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.set_defaults(func=cmd_enhance)
 
     p = sub.add_parser("tune", help="Ray Tune + Optuna + ASHA search over lr, widths, StepLR (resumes when re-run)")
     p.add_argument("--data", required=True, help="dataset folder from `build`")
     p.add_argument("--out", required=True, help="search folder")
-    p.add_argument("--samples", type=int, default=20, help="trials")
-    p.add_argument("--max-concurrent", type=int, default=None, help="concurrent trials (default: what fits)")
-    p.add_argument("--epochs", type=int, default=30, help="maximum epochs per trial")
-    p.add_argument("--workers-per-trial", type=int, default=1)
-    p.add_argument("--gpus-per-trial", type=int, choices=[0, 1], default=0)
-    p.add_argument("--space", default=None, help="YAML/JSON search space replacing the default (tune/space.py)")
-    p.add_argument("--seed", type=int, default=0)
+    _option(p, "--samples", TuneConfig, "samples", "trials", type=int)
+    _option(p, "--max-concurrent", TuneConfig, "max_concurrent", "concurrent trials", default_text="what fits",
+            type=int)
+    _option(p, "--epochs", TuneConfig, "epochs", "maximum epochs per trial", type=int)
+    _option(p, "--workers-per-trial", TuneConfig, "workers_per_trial", "training workers per trial", type=int)
+    _option(p, "--gpus-per-trial", TuneConfig, "gpus_per_trial", "GPUs per training worker", type=int, choices=[0, 1])
+    _option(p, "--space", TuneConfig, "space", "YAML/JSON search space replacing the default",
+            default_text="tune/space.py's DEFAULT_SPACE")
+    _option(p, "--seed", TuneConfig, "seed", "random seed of the search", type=int)
     _add_address(p)
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("demo", help="corpus -> build -> train -> evaluate on the embedded corpus (CPU, minutes)")
-    p.add_argument("--out", default="runs/demo", help="folder for everything the demo writes")
-    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--out", default="runs/demo", help="folder for everything the demo writes (default: runs/demo)")
+    p.add_argument("--epochs", type=int, default=4, help="training epochs (default: 4)")
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -10,11 +10,11 @@ import os
 import time
 from pathlib import Path
 
-from model.evaluate import evaluate
-from model.train import BEST_MODEL, TrainConfig, train
-from pipeline.build import BuildConfig, build_dataset
-from pipeline.corpus import make_corpus
-from speech_enhance.raysetup import init_ray
+from speech_enhance.model.evaluate import evaluate
+from speech_enhance.model.train import BEST_MODEL, TrainConfig, train
+from speech_enhance.pipeline.build import BuildConfig, build_dataset
+from speech_enhance.pipeline.cluster import init_ray
+from speech_enhance.pipeline.corpus import make_corpus
 
 DEMO_SNRS = [5.0, 0.0, -5.0]
 

@@ -42,7 +42,7 @@ def ray_session(s3_server):
     swaps in a multi-node cluster for its module and restores this one afterwards."""
     import ray
 
-    from speech_enhance.raysetup import init_ray
+    from speech_enhance.pipeline.cluster import init_ray
 
     init_ray(num_cpus=2)
     yield ray
@@ -88,7 +88,7 @@ def tiny_corpus(tmp_path_factory) -> tuple[Path, Path]:
 
 def build_tiny_dataset(clean: Path, noise: Path, out: Path) -> Path:
     """The training tests' dataset: the tiny corpus at 2 SNRs (Ray must be running)."""
-    from pipeline.build import BuildConfig, build_dataset
+    from speech_enhance.pipeline.build import BuildConfig, build_dataset
 
     build_dataset(BuildConfig(str(clean), str(noise), str(out), snrs=[5.0, -5.0]), log=lambda *_: None)
     return out

@@ -1,4 +1,4 @@
-"""glibc malloc keeps freed memory for reuse once speech_enhance.allocator says so."""
+"""glibc malloc keeps freed memory for reuse once speech_enhance.pipeline.allocator says so."""
 
 import os
 import platform
@@ -7,14 +7,14 @@ import sys
 
 import pytest
 
-from speech_enhance import allocator
+from speech_enhance.pipeline import allocator
 
 # Two training steps of the mask CNN in a thread (as Ray Train runs its loop), after one
 # warm-up step; prints their page faults. With "apply", keep_freed_memory runs first.
 PROGRAM = """
 import resource, sys, threading, torch
-from speech_enhance import allocator
-from model.net import build_model
+from speech_enhance.pipeline import allocator
+from speech_enhance.model.net import build_model
 
 if sys.argv[1] == "apply":
     allocator.keep_freed_memory()

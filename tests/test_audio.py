@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pipeline import audio, dsp
+from speech_enhance.pipeline import audio, dsp
 
 
 def test_loads_any_rate_and_channels_as_16k_mono(tmp_path):

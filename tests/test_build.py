@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
-from pipeline import build, dsp, store
 from speech_enhance.cli import main
+from speech_enhance.pipeline import build, dataset, dsp, store
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -55,8 +55,8 @@ def test_layout_counts_and_no_speaker_leakage(built):
 
 def test_manifest_re_renders_stored_tensors_exactly(built):
     out, _ = built
-    row = build.load_manifest(out)[-1]
-    mix = build.render_row(row)
+    row = dataset.load_manifest(out)[-1]
+    mix = dataset.render_row(row)
     assert abs(mix.gain - row["gain"]) < 1e-6 * row["gain"]
     table = _patches(out, row["split"])
     ids = table["mixture_id"].to_numpy()
@@ -68,7 +68,7 @@ def test_manifest_re_renders_stored_tensors_exactly(built):
 
 def test_patch_file_holds_one_row_group_per_few_mixtures(built, tmp_path, monkeypatch):
     out, _ = built
-    rows = [r for r in build.load_manifest(out) if r["split"] == "train"]
+    rows = [r for r in dataset.load_manifest(out) if r["split"] == "train"]
     monkeypatch.setattr(build, "ROW_GROUP_ROWS", 3)
     results = build.write_patch_file(rows, tmp_path / "part.parquet")
     assert [r["mixture_id"] for r in results] == [r["mixture_id"] for r in rows]

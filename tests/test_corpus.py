@@ -3,9 +3,9 @@ import hashlib
 import numpy as np
 import pytest
 
-from pipeline import audio
-from pipeline.corpus import NOISE_TYPES, VOICES, make_corpus, make_noise
 from speech_enhance.cli import main
+from speech_enhance.pipeline import audio
+from speech_enhance.pipeline.corpus import NOISE_TYPES, VOICES, make_corpus, make_noise
 
 
 def _digest(root):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from model.data import read_split
+from speech_enhance.model.data import read_split
 
 
 def _actor_classes() -> dict[str, str]:

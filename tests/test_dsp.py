@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import dsp
+from speech_enhance.pipeline import dsp
 
 
 def _signals(seed=0, n=20_000):

@@ -5,9 +5,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from model import build_model, save_model
-from model.enhance import StreamingEnhancer, enhance_array, enhance_at_strengths, enhance_file
 from speech_enhance.cli import main
+from speech_enhance.model import build_model, save_model
+from speech_enhance.model.enhance import StreamingEnhancer, enhance_array, enhance_at_strengths, enhance_file
 
 
 @pytest.fixture(scope="module")

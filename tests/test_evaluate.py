@@ -5,8 +5,14 @@ import json
 import pytest
 import torch
 
-from model import build_model, save_model
-from model.evaluate import LIMITED_STRENGTH, METHODS, choose_strength, evaluate, strength_for_evaluation
+from speech_enhance.model import build_model, save_model
+from speech_enhance.model.evaluate import (
+    LIMITED_STRENGTH,
+    METHODS,
+    choose_strength,
+    evaluate,
+    strength_for_evaluation,
+)
 
 
 def test_choose_strength_takes_the_least_limiting_strength_that_keeps_stoi():
@@ -28,7 +34,7 @@ def test_evaluation_uses_the_strength_saved_in_the_model_file(tmp_path):
 
 
 def test_evaluation_without_a_saved_strength_or_validation_split_falls_back(tmp_path, monkeypatch):
-    monkeypatch.setattr("model.evaluate.load_manifest", lambda _: [{"split": "test"}])
+    monkeypatch.setattr("speech_enhance.model.evaluate.load_manifest", lambda _: [{"split": "test"}])
     used = strength_for_evaluation(None, {}, str(tmp_path))
     assert used["strength"] == LIMITED_STRENGTH and used["source"] == "default"
 

@@ -21,7 +21,7 @@ pytestmark = [
 def gpu_dataset(tmp_path_factory):
     from conftest import build_tiny_dataset, make_tiny_corpus
 
-    from speech_enhance.raysetup import init_ray
+    from speech_enhance.pipeline.cluster import init_ray
 
     init_ray()
     import ray
@@ -32,8 +32,8 @@ def gpu_dataset(tmp_path_factory):
 
 
 def test_training_runs_on_the_gpu_resumes_there_and_exports_a_cpu_model(gpu_dataset, tmp_path):
-    from model import load_model
-    from model.train import BEST_MODEL, TrainConfig, train
+    from speech_enhance.model import load_model
+    from speech_enhance.model.train import BEST_MODEL, TrainConfig, train
 
     run = tmp_path / "run"
     cfg = TrainConfig(data=str(gpu_dataset), out=str(run), epochs=2, batch_size=4, gpu="yes")
@@ -62,7 +62,7 @@ def test_training_runs_on_the_gpu_resumes_there_and_exports_a_cpu_model(gpu_data
 
 
 def test_search_with_a_gpu_per_trial(gpu_dataset, tmp_path):
-    from tune.search import TuneConfig, search
+    from speech_enhance.tune.search import TuneConfig, search
 
     out = tmp_path / "tune"
     search(TuneConfig(data=str(gpu_dataset), out=str(out), samples=2, epochs=1, gpus_per_trial=1), log=print)

@@ -11,8 +11,8 @@ import time
 import pyarrow.dataset as pads
 import pytest
 
-from model.train import BEST_MODEL
-from pipeline import build
+from speech_enhance.model.train import BEST_MODEL
+from speech_enhance.pipeline import dataset
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -50,11 +50,11 @@ def test_interrupted_build_never_looks_complete_and_rebuilds(ray_session, tiny_c
     slow = {"SPEECH_ENHANCE_FAULT_INJECTION": json.dumps({"delay_s": 3.0})}  # ~25 s of file jobs
     code = _interrupt_when(_cli(*args), lambda: any(out.glob("*/part-*.parquet")), tmp_path / "build1.log", slow)
     assert code != 0
-    with pytest.raises(build.BuildError, match="did not finish"):
-        build.read_dataset_info(out)
+    with pytest.raises(dataset.DatasetError, match="did not finish"):
+        dataset.read_dataset_info(out)
     assert subprocess.run(_cli(*args), capture_output=True).returncode == 1  # refused without --overwrite
     subprocess.run(_cli(*args, "--overwrite"), check=True, capture_output=True)
-    info = build.read_dataset_info(out)
+    info = dataset.read_dataset_info(out)
     for split in ("train", "val", "test"):
         table = pads.dataset(str(out / split), format="parquet").to_table(columns=["mixture_id", "patch_index"])
         assert table.num_rows == info["splits"][split]["patches"]

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from model import metrics
+from speech_enhance.model import metrics
 from tests.conftest import speech_like
 
 

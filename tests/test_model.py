@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from model import MaskCNN, build_model, load_model, save_model
-from model.train import early_stopping_update
+from speech_enhance.model import MaskCNN, build_model, load_model, save_model
+from speech_enhance.model.train import early_stopping_update
 
 
 def test_default_architecture_is_pinned():

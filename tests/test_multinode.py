@@ -10,9 +10,9 @@ import time
 import pyarrow.dataset as pads
 import pytest
 
-from pipeline import build
 from speech_enhance.cli import main
-from speech_enhance.raysetup import init_ray
+from speech_enhance.pipeline import build, dataset
+from speech_enhance.pipeline.cluster import init_ray
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -46,7 +46,7 @@ def test_build_spreads_over_nodes_and_train_uses_two_nodes(cluster, tiny_corpus,
     clean, noise = tiny_corpus
     data, run = tmp_path / "data", tmp_path / "run"
     assert main(_build_args(clean, noise, data)) == 0
-    info = build.read_dataset_info(data)
+    info = dataset.read_dataset_info(data)
     assert len(info["mixtures_per_node"]) >= 2
     assert main(["train", "--data", str(data), "--out", str(run), "--workers", "2", "--epochs", "1",
                  "--batch-size", "4", "--address", "auto"]) == 0

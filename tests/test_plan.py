@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.plan import SPLITS, SourceFile, allot, plan_mixtures
+from speech_enhance.pipeline.plan import SPLITS, SourceFile, allot, plan_mixtures
 
 
 def _corpus(speakers=10, utts=3, noises=10):

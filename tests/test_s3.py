@@ -6,9 +6,9 @@ search keeps its experiment, trials and results in s3:// too."""
 
 import pytest
 
-from model import load_model
-from pipeline import storage
 from speech_enhance.cli import main
+from speech_enhance.model import load_model
+from speech_enhance.pipeline import storage
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 

@@ -1,11 +1,11 @@
-"""Local paths and s3:// URIs behave the same through pipeline.storage (no Ray)."""
+"""Local paths and s3:// URIs behave the same through speech_enhance.pipeline.storage (no Ray)."""
 
 import os
 
 import pyarrow as pa
 import pytest
 
-from pipeline import storage
+from speech_enhance.pipeline import storage
 
 
 @pytest.fixture(params=["local", "s3"])

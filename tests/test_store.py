@@ -4,7 +4,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import store
+from speech_enhance.pipeline import store
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])

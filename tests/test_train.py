@@ -6,9 +6,9 @@ import json
 import pytest
 import torch
 
-from model import load_model
-from model.evaluate import choose_strength
-from model.train import BEST_MODEL, TrainConfig, TrainError, train
+from speech_enhance.model import load_model
+from speech_enhance.model.evaluate import choose_strength
+from speech_enhance.model.train import BEST_MODEL, TrainConfig, TrainError, train
 
 pytestmark = pytest.mark.timeout(400)
 

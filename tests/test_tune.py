@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tune.space import load_space, train_settings
+from speech_enhance.tune.space import load_space, train_settings
 
 
 def test_space_file_replaces_default_and_maps_to_train_settings(tmp_path):
@@ -59,7 +59,7 @@ def test_search_killed_midway_resumes_without_repeating_trials(ray_session, tiny
     """Three 1-epoch trials, one at a time on 2 CPUs (no Ray Data starvation). The CLI
     is killed (SIGKILL) once the first trial has finished; re-running the same command
     keeps that trial and completes the search."""
-    from model import load_model
+    from speech_enhance.model import load_model
 
     out = tmp_path / "search"
     address = ray_session.get_runtime_context().gcs_address
@@ -104,11 +104,11 @@ def test_search_killed_midway_resumes_without_repeating_trials(ray_session, tiny
 def _retrain_uses_best_config(path, expected: dict, data, tmp_path, monkeypatch) -> None:
     """`train --config best_config.json` trains with the search's best settings
     (flags given on the command line still win)."""
-    import model.train
+    import speech_enhance.model.train
     from speech_enhance.cli import main
 
     seen = []
-    monkeypatch.setattr(model.train, "train", lambda cfg, **kw: seen.append(cfg))
+    monkeypatch.setattr(speech_enhance.model.train, "train", lambda cfg, **kw: seen.append(cfg))
     assert main(["train", "--config", str(path), "--data", str(data), "--out", str(tmp_path / "re"),
                  "--epochs", "1"]) == 0
     cfg = seen[0]
@@ -123,7 +123,7 @@ def _retrain_uses_best_config(path, expected: dict, data, tmp_path, monkeypatch)
     (16, 4, 1, 1, (4, 1.0, 4)),   # GPUs bound the concurrency
 ])
 def test_trials_leave_a_cpu_for_ray_data(cpus, gpus, workers, gpus_per_trial, expected):
-    from tune.search import TuneConfig, plan_concurrency
+    from speech_enhance.tune.search import TuneConfig, plan_concurrency
 
     cfg = TuneConfig(data="d", out="o", samples=20, workers_per_trial=workers, gpus_per_trial=gpus_per_trial)
     concurrent, worker_cpus, threads = plan_concurrency(cfg, cpus, gpus)
@@ -136,11 +136,11 @@ def test_trials_leave_a_cpu_for_ray_data(cpus, gpus, workers, gpus_per_trial, ex
 
 def test_search_refuses_to_start_without_rays_state_api(ray_session, monkeypatch):
     """Without the state API, trials that Tune stops keep their resources and the
-    search hangs (tune.search.require_state_api): it must fail at once instead."""
+    search hangs (speech_enhance.tune.search.require_state_api): it must fail at once instead."""
     import ray.util.state
     from ray.util.state.exception import ServerUnavailable
 
-    from tune.search import TuneError, require_state_api
+    from speech_enhance.tune.search import TuneError, require_state_api
 
     require_state_api()  # the suite's Ray runs its dashboard
 

@@ -1,6 +1,6 @@
 """Hyperparameter search: Ray Tune + Optuna (TPE) + ASHA over Ray Train trials.
 
-Each Tune trial runs a driver function that calls :func:`model.train.train` unchanged:
+Each Tune trial runs a driver function that calls :func:`speech_enhance.model.train.train` unchanged:
 it builds its own ``TorchTrainer`` and hands the per-epoch metrics to Tune through
 ``TuneReportCallback`` (the Train V2 pattern, not ``Tuner(trainer)``). ASHA stops poor
 trials on the per-epoch validation loss; early stopping inside a trial still applies.
@@ -16,37 +16,37 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from model.train import BEST_MODEL, TrainConfig
-from pipeline import storage
-from tune.space import load_space, to_tune, train_settings
+import ray
+import ray.util.state
+import torch
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+from ray.util.state.exception import RayStateApiException
+
+from speech_enhance.model.net import load_model
+from speech_enhance.model.train import (
+    BEST_MODEL,
+    TrainConfig,
+    save_checkpoint_model,
+    save_with_default_strength,
+    train,
+)
+from speech_enhance.pipeline import storage
+from speech_enhance.pipeline.cluster import hide_ray_data_progress, init_ray
+from speech_enhance.pipeline.dataset import read_dataset_info
+from speech_enhance.tune.config import TuneConfig
+from speech_enhance.tune.space import load_space, to_tune, train_settings
 
 EXPERIMENT = "ray"
 
 
-@dataclass
-class TuneConfig:
-    data: str
-    out: str
-    samples: int = 20
-    max_concurrent: int | None = None  # None: as many as the resources allow
-    epochs: int = 30
-    workers_per_trial: int = 1
-    gpus_per_trial: int = 0
-    space: str | None = None
-    seed: int = 0
-    grace_period: int = 2  # ASHA: epochs every trial gets before it can be stopped
-
-
 def run_trial(params: dict) -> None:
     """Tune trainable: one Ray Train run with the sampled parameters."""
-    from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    from model.train import train
-
     fixed = params["_fixed"]
     trial_dir = storage.join(fixed["out"], "trials", tune.get_context().get_trial_name())
     cfg = TrainConfig(
@@ -96,13 +96,10 @@ def require_state_api(wait_s: float = 30.0) -> None:
     stopped trial keeps its CPUs or GPU and the next trial waits for them forever: a
     search with one GPU hung after its first trial, and one on 2 CPUs hung too
     (BENCHMARKS.md). The dashboard can take a few seconds to answer after Ray starts."""
-    from ray.util.state import list_actors
-    from ray.util.state.exception import RayStateApiException
-
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            list_actors(limit=1, timeout=10, raise_on_missing_output=False)
+            ray.util.state.list_actors(limit=1, timeout=10, raise_on_missing_output=False)
             return
         except RayStateApiException as err:
             if time.monotonic() >= deadline:
@@ -117,15 +114,6 @@ def require_state_api(wait_s: float = 30.0) -> None:
 
 def search(cfg: TuneConfig, log=print) -> dict:  # noqa: ANN001
     """Run or resume the search; writes trials.csv, best_config.json, best/, trials.png."""
-    import ray
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
-
-    from pipeline.build import read_dataset_info
-    from speech_enhance.raysetup import hide_ray_data_progress, init_ray
-
     read_dataset_info(cfg.data)  # fail early on a missing or unfinished dataset
     out = storage.resolve(cfg.out)  # a local folder or a URI (s3://...)
     storage.make_dirs(out)
@@ -215,11 +203,6 @@ def _export_best_model(trial_dir: str, dest: str, data_dir: str) -> None:
     """The best trial's model with its default strength chosen on the validation split:
     from the trial's exported model, or (for a trial Tune stopped before it could
     export) from its best checkpoint."""
-    import torch
-
-    from model.net import load_model
-    from model.train import save_checkpoint_model, save_with_default_strength
-
     if storage.is_file(storage.join(trial_dir, BEST_MODEL)):
         model, meta = load_model(storage.join(trial_dir, BEST_MODEL))
         save_with_default_strength(model, dest, data_dir, epoch=meta["epoch"], val_loss=meta["val_loss"])

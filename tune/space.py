@@ -12,6 +12,9 @@ import json
 import os
 from pathlib import Path
 
+import yaml
+from ray import tune
+
 DEFAULT_SPACE: dict[str, dict] = {
     "lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
     "width1": {"type": "choice", "values": [16, 32, 48]},
@@ -30,8 +33,6 @@ def load_space(path: str | os.PathLike | None) -> dict[str, dict]:
         return DEFAULT_SPACE
     text = Path(path).read_text()
     if str(path).endswith((".yaml", ".yml")):
-        import yaml
-
         space = yaml.safe_load(text)
     else:
         space = json.loads(text)
@@ -45,8 +46,6 @@ def load_space(path: str | os.PathLike | None) -> dict[str, dict]:
 
 def to_tune(space: dict[str, dict]) -> dict:
     """The space as Ray Tune sampling objects (which OptunaSearch converts)."""
-    from ray import tune
-
     out = {}
     for name, spec in space.items():
         kind = spec["type"]

@@ -1,0 +1,73 @@
+"""Training settings: every option with its default, checked before Ray starts.
+
+Kept apart from Ray Train (:mod:`speech_enhance.model.train`) so that the command line
+reads defaults and help from here without importing Ray.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+
+from speech_enhance.model.net import ARCHITECTURES, build_model, default_widths
+
+
+@dataclass
+class TrainConfig:
+    """Every training setting, with its default: the one place the CLI takes them from."""
+
+    data: str
+    out: str
+    epochs: int = 100  # maximum epochs
+    patience: int = 8  # early-stopping patience in epochs
+    lr: float = 1e-3  # AdamW learning rate
+    weight_decay: float = 1e-2  # AdamW weight decay
+    batch_size: int = 16  # patches per batch per worker
+    arch: str = "mask_cnn"  # network (model.net.ARCHITECTURES)
+    widths: list[int] | None = None  # channel widths; None: the architecture's default
+    step_size: int | None = None  # StepLR step in epochs; None: StepLR off
+    gamma: float = 0.5  # StepLR decay factor
+    workers: int = 1  # data-parallel workers
+    gpu: str = "auto"  # auto | yes | no
+    cpus_per_worker: float | None = None  # None: leave a CPU for Ray Data on small machines
+    torch_threads: int | None = None  # None: the CPUs of the node divided among the workers
+    seed: int = 0
+    shuffle_buffer: int = 256  # patches in each worker's local shuffle buffer
+    # Test hook: {"epoch": k, "rank": r, "marker": path} makes that rank crash once
+    # at the end of epoch k (before reporting), to exercise Ray's worker restart.
+    fault_injection: dict | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def validated(self) -> TrainConfig:
+        """This config with the architecture's defaults filled in, or ValueError naming
+        the option that is wrong: a configuration error must stop before Ray starts
+        (it is not something a re-run could resume from)."""
+        checks = [
+            ("--epochs", self.epochs, self.epochs >= 1, "at least 1"),
+            ("--patience", self.patience, self.patience >= 1, "at least 1"),
+            ("--lr", self.lr, self.lr > 0 and math.isfinite(self.lr), "a positive number"),
+            ("--weight-decay", self.weight_decay, self.weight_decay >= 0 and math.isfinite(self.weight_decay),
+             "zero or positive"),
+            ("--batch-size", self.batch_size, self.batch_size >= 1, "at least 1"),
+            ("--step-size", self.step_size, self.step_size is None or self.step_size >= 1, "at least 1"),
+            ("--gamma", self.gamma, 0 < self.gamma <= 1, "in (0, 1]"),
+            ("--workers", self.workers, self.workers >= 1, "at least 1"),
+            ("--gpu", self.gpu, self.gpu in ("auto", "yes", "no"), "auto, yes or no"),
+            ("--cpus-per-worker", self.cpus_per_worker, self.cpus_per_worker is None or self.cpus_per_worker >= 0,
+             "zero or positive"),
+            ("torch_threads", self.torch_threads, self.torch_threads is None or self.torch_threads >= 1,
+             "at least 1"),
+            ("shuffle_buffer", self.shuffle_buffer, self.shuffle_buffer >= 0, "zero or positive"),
+            ("--arch", self.arch, self.arch in ARCHITECTURES, f"one of {', '.join(sorted(ARCHITECTURES))}"),
+        ]
+        for option, value, ok, rule in checks:
+            if not ok:
+                raise ValueError(f"{option} must be {rule}, got {value!r}")
+        widths = list(self.widths) if self.widths else default_widths(self.arch)
+        try:
+            build_model(self.arch, widths)
+        except ValueError as err:
+            raise ValueError(f"--widths {','.join(map(str, widths))} do not fit --arch {self.arch}: {err}") from None
+        return replace(self, widths=widths)

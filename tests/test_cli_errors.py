@@ -1,0 +1,82 @@
+"""Bad input as a new user gives it: a one-line error naming the option or file, before Ray."""
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from speech_enhance.cli import main
+from speech_enhance.model import build_model, save_model
+from speech_enhance.model.config import TrainConfig
+
+
+def _one_line_error(capsys, *words: str) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    for word in words:
+        assert word in err, err
+    return err
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--lr", "-1"], ["--lr", "-1"]),
+    (["--epochs", "0"], ["--epochs"]),
+    (["--arch", "unet", "--widths", "8,8"], ["--widths", "unet"]),
+    (["--gamma", "2"], ["--gamma"]),
+])
+def test_bad_training_options_fail_before_ray_and_say_which(tmp_path, capsys, flags, words):
+    import ray
+
+    started = ray.is_initialized()
+    assert main(["train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run"), *flags]) == 1
+    err = _one_line_error(capsys, *words)
+    assert "re-run" not in err  # a configuration error is not resumable
+    assert ray.is_initialized() == started  # no Ray was started for it
+
+
+def test_each_architecture_trains_with_its_own_default_widths():
+    assert TrainConfig("d", "o", arch="unet").validated().widths == list(build_model("unet").widths)
+    assert TrainConfig("d", "o").validated().widths == [32, 64, 64, 32]  # the seed's
+
+
+@pytest.mark.parametrize("split", [["0.5", "0.5", "0.5"], ["1.2", "-0.1", "-0.1"], ["0", "0", "0"]])
+def test_build_refuses_split_fractions_that_are_not_a_partition(tmp_path, capsys, split):
+    (tmp_path / "speech").mkdir()
+    (tmp_path / "noise").mkdir()
+    assert main(["build", "--clean", str(tmp_path / "speech"), "--noise", str(tmp_path / "noise"),
+                 "--out", str(tmp_path / "data"), "--split", *split]) == 1
+    _one_line_error(capsys, "--split", "sum to 1")
+
+
+@pytest.fixture()
+def model_file(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "model.pth"
+    save_model(path, build_model("mask_cnn", [4, 4, 4, 4]).eval())
+    return path
+
+
+@pytest.mark.parametrize("samples", [1, 80, 300])  # one sample, 5 ms, under one STFT window
+def test_enhance_handles_files_shorter_than_a_window(tmp_path, model_file, samples):
+    src = tmp_path / "short.wav"
+    sf.write(src, (0.1 * np.random.default_rng(0).standard_normal(samples)).astype(np.float32), 16000)
+    assert main(["enhance", str(src), "--model", str(model_file), "--out", str(tmp_path / "out")]) == 0
+    out, rate = sf.read(tmp_path / "out" / "short.wav")
+    assert rate == 16000 and len(out) == samples
+
+
+def test_enhance_out_naming_a_file_is_refused(tmp_path, model_file, capsys):
+    src = tmp_path / "a.wav"
+    sf.write(src, np.zeros(16000, np.float32), 16000)
+    (tmp_path / "taken").write_text("not a folder")
+    assert main(["enhance", str(src), "--model", str(model_file), "--out", str(tmp_path / "taken")]) == 1
+    _one_line_error(capsys, "--out", "is a file")
+
+
+def test_a_file_that_is_not_a_model_gets_one_line(tmp_path, capsys):
+    src = tmp_path / "a.wav"
+    sf.write(src, np.zeros(16000, np.float32), 16000)
+    bogus = tmp_path / "random.bin"
+    bogus.write_bytes(np.random.default_rng(0).bytes(4096))
+    assert main(["enhance", str(src), "--model", str(bogus), "--out", str(tmp_path / "out")]) == 1
+    _one_line_error(capsys, "random.bin", "not a speech-enhance model")
