@@ -52,7 +52,7 @@ from pathlib import Path
 import psutil
 import torch
 
-from speech_enhance.pipeline import allocator, build
+from speech_enhance.pipeline import allocator, build, ray_fast_start
 from speech_enhance.pipeline.plan import as_rows, plan_mixtures
 
 HERE = Path(__file__).resolve().parent
@@ -168,6 +168,8 @@ def main():
     parser.add_argument("--repeat", type=int, default=5, help="timed rounds at 1x (each: both loops, pool, Ray)")
     parser.add_argument("--repeat-scaled", type=int, default=3, help="timed rounds at --scale times the mixtures")
     parser.add_argument("--work", default=None, help="scratch folder (default: a temp dir)")
+    parser.add_argument("--no-fast-start", action="store_true",
+                        help="skip the Ray build with SPEECH_ENHANCE_RAY_DATA_FAST_START=1 in each round")
     args = parser.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_build_"))
     import ray
@@ -218,13 +220,14 @@ def main():
         run(config(name, args.k))  # untimed, like Ray's first build
         shutil.rmtree(work / name)
     ray_start = []
+    ray_variants = [] if args.no_fast_start else ["ray_fast_start"]
 
     def timed_rounds(k: int, repeat: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
         """Seconds per run of each build, ``repeat`` rounds, and the loops' CPU-s per run.
         Rounds interleave the four runs, so that the machine's drift (the loop's time
         varied 7.5-9.0 s between runs an hour apart) falls on all of them alike. Ray is
         shut down while the others run."""
-        samples = {name: [] for name in (*loop_threads, "pool", "ray")}
+        samples = {name: [] for name in (*loop_threads, "pool", "ray", *ray_variants)}
         loop_cpu = {name: [] for name in loop_threads}
         for _ in range(repeat):
             for name, threads in loop_threads.items():
@@ -236,6 +239,12 @@ def main():
             ray_start.append(start_ray())
             samples["ray"].append(timed("ray", k, ray_build)[0])
             ray.shutdown()
+            for variant in ray_variants:  # the opt-in Ray Data workaround, same round
+                os.environ[ray_fast_start.SWITCH] = "1"
+                start_ray()
+                samples[variant].append(timed(variant, k, ray_build)[0])
+                ray.shutdown()
+                del os.environ[ray_fast_start.SWITCH]
         return samples, loop_cpu
 
     samples, loop_cpu = timed_rounds(args.k, args.repeat)
@@ -274,6 +283,10 @@ def main():
             results["ray_1x"]["mixture_seconds"] / results[loop_name]["seconds"])
     ray.shutdown()
     results.update(ray_speedups(samples))  # Ray against the loops, and its cost over the pool
+    for variant in ray_variants:
+        results[variant] = {"seconds_1x": statistics.median(samples[variant]), "seconds_1x_samples": samples[variant],
+                            f"seconds_{args.scale}x": statistics.median(scaled[variant]),
+                            f"seconds_{args.scale}x_samples": scaled[variant]}
     # What the machine allows two processes at all.
     results["speedup_pool_vs_loop_1_thread"] = results["loop_1_thread"]["seconds"] / results["pool"]["seconds"]
     results["memory_ratio_4x_vs_1x"] = results[big]["peak_pss_mib"] / results["ray_1x"]["peak_pss_mib"]

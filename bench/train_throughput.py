@@ -29,22 +29,26 @@ from pathlib import Path
 
 import torch
 
+from speech_enhance.model.config import TrainConfig
 from speech_enhance.model.data import local_batches
+from speech_enhance.model.losses import get_loss
 from speech_enhance.model.net import build_model
-from speech_enhance.model.train import TrainConfig, _run_epoch, train
+from speech_enhance.model.train import _run_epoch, train
 from speech_enhance.pipeline import allocator
 
 
-def plain_loop(data: str, batch_size: int, threads: int, device: str = "cpu") -> float:
+def plain_loop(data: str, batch_size: int, threads: int, device: str = "cpu", arch: str = "mask_cnn",
+               loss: str = "mag_l1") -> float:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = build_model().to(device)
+    model = build_model(arch).to(device)
+    loss_fn = get_loss(loss)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2)
     rate = 0.0
     for _ in range(2):  # the first pass warms up allocator and caches
         started = time.time()
-        _, _, patches = _run_epoch(model, local_batches(data, "train", batch_size), torch.device(device), optimizer,
-                                   amp=device == "cuda")
+        _, _, patches = _run_epoch(model, local_batches(data, "train", batch_size, loss_fn.needs_phase),
+                                   torch.device(device), optimizer, amp=device == "cuda", loss_fn=loss_fn)
         if device == "cuda":
             torch.cuda.synchronize()
         rate = patches / (time.time() - started)
@@ -64,6 +68,8 @@ def main():
     parser.add_argument("--data", default=None)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--arch", default="mask_cnn")
+    parser.add_argument("--loss", default="mag_l1")
     parser.add_argument("--runs", nargs="+", choices=list(RAY_RUNS),
                         default=[name for name, run in RAY_RUNS.items() if run[3] == "cpu" or torch.cuda.is_available()])
     args = parser.parse_args()
@@ -81,17 +87,18 @@ def main():
         build_dataset(BuildConfig(str(work / "corpus/speech"), str(work / "corpus/noise"), data,
                                   snrs=[5.0, 0.0], noises_per_clean=1), log=lambda *_: None)
     machine = f"{os.cpu_count()} CPUs" + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "")
-    results = {"machine": machine, "data": data, "batch_size": args.batch_size,
+    results = {"machine": machine, "data": data, "batch_size": args.batch_size, "arch": args.arch, "loss": args.loss,
                "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY")}
     plain = {}
     for name in args.runs:
         workers, threads, total_threads, device = RAY_RUNS[name]
         baseline = f"plain_{total_threads}t" + ("_gpu" if device == "cuda" else "")
         if baseline not in plain:
-            plain[baseline] = plain_loop(data, args.batch_size, total_threads, device)
+            plain[baseline] = plain_loop(data, args.batch_size, total_threads, device, args.arch, args.loss)
             results[f"{baseline}_patches_per_s"] = plain[baseline]
         cfg = TrainConfig(data=data, out=str(work / name), epochs=args.epochs, workers=workers,
                           batch_size=args.batch_size, patience=args.epochs, torch_threads=threads,
+                          arch=args.arch, loss=args.loss,
                           gpu="yes" if device == "cuda" else "no")
         started = time.time()
         train(cfg, log=lambda *_: None, choose_strength=False)  # the export's calibration is not timed

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, replace
 
+from speech_enhance.model.losses import LOSSES
 from speech_enhance.model.net import ARCHITECTURES, build_model, default_widths
 
 
@@ -25,6 +26,8 @@ class TrainConfig:
     batch_size: int = 16  # patches per batch per worker
     arch: str = "mask_cnn"  # network (model.net.ARCHITECTURES)
     widths: list[int] | None = None  # channel widths; None: the architecture's default
+    model_options: dict | None = None  # other constructor arguments, e.g. {"hidden": 256} for crn
+    loss: str = "mag_l1"  # model.losses.LOSSES
     step_size: int | None = None  # StepLR step in epochs; None: StepLR off
     gamma: float = 0.5  # StepLR decay factor
     workers: int = 1  # data-parallel workers
@@ -61,13 +64,15 @@ class TrainConfig:
              "at least 1"),
             ("shuffle_buffer", self.shuffle_buffer, self.shuffle_buffer >= 0, "zero or positive"),
             ("--arch", self.arch, self.arch in ARCHITECTURES, f"one of {', '.join(sorted(ARCHITECTURES))}"),
+            ("--loss", self.loss, self.loss in LOSSES, f"one of {', '.join(LOSSES)}"),
         ]
         for option, value, ok, rule in checks:
             if not ok:
                 raise ValueError(f"{option} must be {rule}, got {value!r}")
         widths = list(self.widths) if self.widths else default_widths(self.arch)
         try:
-            build_model(self.arch, widths)
-        except ValueError as err:
-            raise ValueError(f"--widths {','.join(map(str, widths))} do not fit --arch {self.arch}: {err}") from None
+            build_model(self.arch, widths, **(self.model_options or {}))
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"--widths {','.join(map(str, widths))} / model options {self.model_options or {}} "
+                             f"do not fit --arch {self.arch}: {err}") from None
         return replace(self, widths=widths)

@@ -14,18 +14,24 @@ from ray.data.collate_fn import ArrowBatchCollateFn
 from speech_enhance.pipeline import storage, store
 
 TRAIN_COLUMNS = ["noisy_mag", "clean_mag"]
+PHASE_COLUMN = "noisy_phase"  # read only for losses that go back to waveforms
 
 
-def to_tensors(table: pa.Table) -> tuple[torch.Tensor, torch.Tensor]:
-    """(noisy, clean) magnitudes as float32 [batch, 1, 257, 64] tensors."""
-    noisy, clean = (torch.from_numpy(store.decode_column(table, c).astype("float32")) for c in TRAIN_COLUMNS)
-    return noisy.unsqueeze(1), clean.unsqueeze(1)
+def columns(with_phase: bool = False) -> list[str]:
+    return [*TRAIN_COLUMNS, PHASE_COLUMN] if with_phase else list(TRAIN_COLUMNS)
+
+
+def to_tensors(table: pa.Table) -> tuple[torch.Tensor, ...]:
+    """(noisy, clean) magnitudes, and the noisy phase where the table has it, as float32
+    [batch, 1, 257, 64] tensors."""
+    names = [c for c in columns(with_phase=True) if c in table.column_names]
+    return tuple(torch.from_numpy(store.decode_column(table, c).astype("float32")).unsqueeze(1) for c in names)
 
 
 class PatchCollate(ArrowBatchCollateFn):
-    """Ray Data collate: Arrow batch → (noisy, clean) tensors, decoded zero-copy."""
+    """Ray Data collate: Arrow batch → (noisy, clean[, phase]) tensors, decoded zero-copy."""
 
-    def __call__(self, batch: pa.Table) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, batch: pa.Table) -> tuple[torch.Tensor, ...]:
         return to_tensors(batch)
 
 
@@ -37,8 +43,9 @@ def split_dir(data_dir: str | os.PathLike, split: str) -> str:
     return path
 
 
-def read_split(data_dir: str | os.PathLike, split: str, shuffle_files: bool = False):  # noqa: ANN201
-    """The split as a Ray Dataset of the two training columns.
+def read_split(data_dir: str | os.PathLike, split: str, shuffle_files: bool = False,  # noqa: ANN201
+               with_phase: bool = False):
+    """The split as a Ray Dataset of the training columns (:func:`columns`).
 
     Read with Ray Data's V1 Parquet reader where the Ray version has the newer V2 as its
     default (``DataContext.use_datasource_v2``): V2 lists the files and reads their
@@ -51,7 +58,7 @@ def read_split(data_dir: str | os.PathLike, split: str, shuffle_files: bool = Fa
         context.use_datasource_v2 = False
     try:
         return ray.data.read_parquet(
-            split_dir(data_dir, split), columns=TRAIN_COLUMNS, shuffle="files" if shuffle_files else None
+            split_dir(data_dir, split), columns=columns(with_phase), shuffle="files" if shuffle_files else None
         )
     finally:
         if default_reader is not None:
@@ -59,10 +66,10 @@ def read_split(data_dir: str | os.PathLike, split: str, shuffle_files: bool = Fa
 
 
 def local_batches(
-    data_dir: str | os.PathLike, split: str, batch_size: int = 64
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    data_dir: str | os.PathLike, split: str, batch_size: int = 64, with_phase: bool = False
+) -> Iterator[tuple[torch.Tensor, ...]]:
     """Batches of a split read in this process with pyarrow (no Ray), in file order."""
     fs, inner = storage.filesystem(split_dir(data_dir, split))
     dataset = pads.dataset(inner, format="parquet", filesystem=fs)
-    for batch in dataset.to_batches(columns=TRAIN_COLUMNS, batch_size=batch_size):
+    for batch in dataset.to_batches(columns=columns(with_phase), batch_size=batch_size):
         yield to_tensors(pa.Table.from_batches([batch]))

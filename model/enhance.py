@@ -3,14 +3,16 @@
 The mask is predicted from the mono mix (what the model was trained on) and applied to
 every channel's own STFT, so stereo input keeps its stereo image. Files are streamed:
 read in blocks, resampled to 16 kHz with a streaming resampler, enhanced in segments
-with enough context on both sides that each segment's output equals the whole-file
-result (the STFT frames line up on the hop grid; the network sees ±5 frames), then
-resampled back to the input's rate and written as they are produced. Memory depends
-on the segment length only, never on the file's length.
+whose output equals the whole-file result, then resampled back to the input's rate and
+written as they are produced. A segment gets the context its network declares on both
+sides (the STFT frames line up on the hop grid; :func:`context_samples`); a recurrent
+network instead carries its state from segment to segment, each frame seen once.
+Memory depends on the segment length only, never on the file's length.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -25,8 +27,22 @@ from torch import nn
 from speech_enhance.pipeline import audio, dsp
 
 SEGMENT_SAMPLES = 1000 * dsp.HOP  # 8 s at 16 kHz per model call
-CONTEXT_SAMPLES = 16 * dsp.HOP  # covers the STFT window (±2 frames) and the CNN's ±5 frames
 BLOCK_SECONDS = 10  # read size from the input file
+# Frames on each side of a sample that reach it: the iSTFT overlaps ±2 frames, and a frame
+# near a segment's edge is spoiled by its reflect padding for 2 more; one spare.
+EDGE_FRAMES = 5
+
+
+def context_samples(model: nn.Module) -> int | None:
+    """Input samples on each side of a segment that make its output equal the whole-file
+    result: the frames the network sees (its declared past and future), plus the STFT's
+    reach. A streaming network needs only the STFT's (its past is in its state). None:
+    the network needs the whole input at once."""
+    model = getattr(model, "module", model)
+    if getattr(model, "streamable", False):
+        return (EDGE_FRAMES - 1) * dsp.HOP
+    reach = max(model.past_frames, model.future_frames)
+    return None if math.isinf(reach) else (int(reach) + EDGE_FRAMES) * dsp.HOP
 
 
 def enhance_array(model: nn.Module, x: np.ndarray, strength: float = 1.0) -> np.ndarray:
@@ -60,33 +76,72 @@ def enhance_at_strengths(model: nn.Module, x: np.ndarray, strengths: list[float]
 
 class StreamingEnhancer:
     """Feed 16 kHz blocks [channels, n] in with :meth:`push`, collect output of the
-    same total length from :meth:`push` and :meth:`finish`."""
+    same total length from :meth:`push` and :meth:`finish`: equal to :func:`enhance_array`
+    on the whole signal.
+
+    ``context`` defaults to what the model declares (:func:`context_samples`). A
+    streaming network's masks are computed once per frame, in order, with its state
+    carried over; they are kept for the few frames that the next segment's overlap-add
+    needs again. A network that needs the whole input is run once, at :meth:`finish`."""
 
     def __init__(self, model: nn.Module, channels: int, strength: float = 1.0,
-                 segment: int = SEGMENT_SAMPLES, context: int = CONTEXT_SAMPLES):
+                 segment: int = SEGMENT_SAMPLES, context: int | None = None):
+        context = context_samples(model) if context is None else context
+        self.whole = context is None
+        context = context or 0
         if segment % dsp.HOP or context % dsp.HOP:
             raise ValueError("segment and context must be multiples of the hop")
         self.model, self.strength, self.segment, self.context = model, strength, segment, context
+        self.streaming = getattr(getattr(model, "module", model), "streamable", False)
         self.buffer = np.zeros((channels, 0), np.float32)
         self.buffer_start = 0  # absolute sample index of buffer[:, 0]
         self.done = 0  # absolute index up to which output has been emitted
+        # Streaming networks: the state after frames [0, next_frame), and the masks of
+        # frames [mask_first, mask_first + masks.shape[-1]).
+        self.state: object | None = None
+        self.next_frame = 0
+        self.mask_first, self.masks = 0, torch.zeros(dsp.N_BINS, 0)
 
-    def _segment(self, end: int) -> np.ndarray:
+    def _segment(self, end: int, final: bool = False) -> np.ndarray:
         left = min(self.context, self.done)
         lo = self.done - left - self.buffer_start
         hi = min(end + self.context, self.buffer_start + self.buffer.shape[1]) - self.buffer_start
-        y = enhance_array(self.model, self.buffer[:, lo:hi], self.strength)
+        chunk = self.buffer[:, lo:hi]
+        if self.streaming and not (final and self.done == 0):
+            y = self._streamed(chunk, self.done - left, end, final)
+        else:  # a network with bounded context, or a whole stream in one piece
+            y = enhance_array(self.model, chunk, self.strength)
         out = y[:, left : left + end - self.done]
         self.done = end
         drop = max(0, self.done - self.context - self.buffer_start)
         self.buffer, self.buffer_start = self.buffer[:, drop:], self.buffer_start + drop
         return out
 
+    @torch.no_grad()
+    def _streamed(self, chunk: np.ndarray, start: int, end: int, final: bool) -> np.ndarray:
+        """Enhance ``chunk`` (starting at absolute sample ``start``) with the masks of a
+        streaming network; only samples up to ``end`` are used."""
+        specs = dsp.stft(chunk)  # frame k is centred on sample start + k * hop
+        first, frames = start // dsp.HOP, specs.shape[-1]
+        # The frames whose windows reach [done, end) (every one left, at the end).
+        last = first + frames - 1 if final else min(end // dsp.HOP + 1, first + frames - 1)
+        if last >= self.next_frame:
+            mono = specs.mean(dim=0).abs()[None, None, :, self.next_frame - first : last - first + 1]
+            new, self.state = self.model.stream(mono, self.state)
+            self.masks = torch.cat([self.masks, new[0, 0].float()], dim=1)
+            self.next_frame = last + 1
+        mask = torch.ones(dsp.N_BINS, frames)
+        lo, hi = max(first, self.mask_first), min(first + frames, self.mask_first + self.masks.shape[1])
+        mask[:, lo - first : hi - first] = self.masks[:, lo - self.mask_first : hi - self.mask_first]
+        keep_from = max(self.mask_first, end // dsp.HOP - EDGE_FRAMES)  # what the next segment overlaps
+        self.masks, self.mask_first = self.masks[:, keep_from - self.mask_first :], keep_from
+        return dsp.istft(specs * (1.0 - self.strength * (1.0 - mask)), chunk.shape[-1]).numpy()
+
     def push(self, block: np.ndarray) -> np.ndarray:
         self.buffer = np.concatenate([self.buffer, np.asarray(block, np.float32)], axis=1)
         outputs = []
         available = self.buffer_start + self.buffer.shape[1]
-        while self.done + self.segment + self.context <= available:
+        while not self.whole and self.done + self.segment + self.context <= available:
             outputs.append(self._segment(self.done + self.segment))
         return np.concatenate(outputs, axis=1) if outputs else np.zeros((self.buffer.shape[0], 0), np.float32)
 
@@ -94,7 +149,8 @@ class StreamingEnhancer:
         end = self.buffer_start + self.buffer.shape[1]
         outputs = []
         while self.done < end:
-            outputs.append(self._segment(min(self.done + self.segment, end)))
+            stop = end if self.whole else min(self.done + self.segment, end)
+            outputs.append(self._segment(stop, final=stop == end))
         return np.concatenate(outputs, axis=1) if outputs else np.zeros((self.buffer.shape[0], 0), np.float32)
 
 

@@ -1,14 +1,19 @@
 """Quality metrics and classical baselines (pure numpy; 16 kHz mono signals).
 
 Metrics: wide-band PESQ (ITU-T P.862.2, ``pesq``), STOI (``pystoi``) and SI-SDR
-(Le Roux et al., 2019). Baselines: a decision-directed Wiener filter written here and
-spectral gating from ``noisereduce``; neither sees the clean signal.
+(Le Roux et al., 2019). Baselines: a decision-directed Wiener filter written here,
+spectral gating from ``noisereduce``, and RNNoise (Valin, 2018; the ``pyrnnoise`` package,
+the ``rnnoise`` extra), the open-source denoiser people already use; none sees the clean
+signal.
 """
 
 from __future__ import annotations
 
+import importlib.util
+
 import noisereduce
 import numpy as np
+import soxr
 import torch
 from pesq import NoUtterancesError, pesq
 from pystoi import stoi as _stoi
@@ -68,3 +73,34 @@ def wiener(noisy: np.ndarray, alpha: float = 0.98, gain_floor: float = 0.1) -> n
 def spectral_gating(noisy: np.ndarray) -> np.ndarray:
     """Stationary spectral gating (``noisereduce``), noise statistics from the input itself."""
     return noisereduce.reduce_noise(y=noisy, sr=dsp.SAMPLE_RATE, stationary=True, n_jobs=1).astype(np.float32)
+
+
+RNNOISE_RATE, RNNOISE_FRAME = 48000, 480
+# RNNoise's output lags its input by two 10 ms frames (measured by cross-correlation on
+# speech, tests/test_metrics.py): removed, so that sample-aligned measures (SI-SDR, STOI)
+# judge the denoising and not the delay.
+RNNOISE_DELAY = 2 * RNNOISE_FRAME
+
+
+def rnnoise_available() -> bool:
+    return importlib.util.find_spec("pyrnnoise") is not None
+
+
+def rnnoise(noisy: np.ndarray) -> np.ndarray:
+    """RNNoise on 16 kHz audio: resampled to its 48 kHz, run frame by frame (10 ms),
+    its delay removed, resampled back; same length as the input."""
+    from pyrnnoise.rnnoise import create, destroy, process_mono_frame  # the optional rnnoise extra
+
+    x48 = soxr.resample(np.asarray(noisy, np.float32), dsp.SAMPLE_RATE, RNNOISE_RATE)
+    padded = np.concatenate([x48, np.zeros(RNNOISE_DELAY + RNNOISE_FRAME, np.float32)])
+    frames = len(padded) // RNNOISE_FRAME
+    state = create()
+    try:
+        out = np.concatenate([process_mono_frame(state, np.clip(padded[i * RNNOISE_FRAME:(i + 1) * RNNOISE_FRAME],
+                                                                -1, 1))[0] for i in range(frames)])
+    finally:
+        destroy(state)
+    y48 = out.astype(np.float32) / 32767 if out.dtype == np.int16 else out.astype(np.float32)
+    y48 = y48[RNNOISE_DELAY : RNNOISE_DELAY + len(x48)]
+    y = soxr.resample(y48, RNNOISE_RATE, dsp.SAMPLE_RATE)
+    return np.pad(y, (0, max(0, len(noisy) - len(y))))[: len(noisy)].astype(np.float32)

@@ -1,20 +1,26 @@
-"""The mask CNN, its variants, and the saved-model format.
+"""The networks, their registry, and the saved-model format.
 
-What the network sees: ``log(|X| + 1e-3)`` of the noisy STFT magnitude, normalised by a
-parameter-free BatchNorm (running mean/variance over the training data, frozen at
-inference). Log compression turns the 20 dB spread of mixture levels into a shift and
-keeps quiet speech harmonics visible next to loud noise; a *fixed* statistic (rather
-than per-utterance normalisation) keeps the output of a chunk independent of the rest
-of the file, so long files can be enhanced in pieces. The predicted mask (sigmoid, in
-[0, 1]) always multiplies the noisy *linear* magnitude: Enhanced = Mask × Noisy.
+Every network maps the noisy STFT magnitude [batch, 1, 257, frames] to a mask in [0, 1]
+of the same shape, and the enhanced magnitude is Mask × Noisy (the noisy phase is kept).
+What a network sees: ``log(|X| + 1e-3)``, normalised by a parameter-free BatchNorm
+(running statistics of the training data, frozen at inference). Log compression turns
+the spread of recording levels into a shift and keeps quiet harmonics visible beside loud
+noise; a *fixed* statistic, not per-utterance normalisation, keeps a chunk's output
+independent of the rest of the file, so long files are enhanced in pieces.
 
-All layers are convolutions with same padding, so any number of frames works.
+The contract (:class:`MaskNet`): each architecture is registered once under its name, owns
+its defaults, saves every constructor argument with the model (:meth:`MaskNet.config`),
+and says how many past and future frames one output frame depends on, which is the
+context ``enhance`` gives each chunk; a recurrent network instead carries its state from
+chunk to chunk (:meth:`MaskNet.stream`).
 """
 
 from __future__ import annotations
 
 import io
+import math
 import os
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -23,97 +29,299 @@ from speech_enhance.pipeline import dsp, storage
 
 FORMAT_VERSION = 1
 LOG_EPS = 1e-3
+ARCHITECTURES: dict[str, type[MaskNet]] = {}
+
+
+class MaskNet(nn.Module):
+    """Base of every registered network."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    DEFAULTS: ClassVar[dict]
+    # Frames of input before / after a frame that its mask depends on; math.inf: unbounded.
+    past_frames: ClassVar[float]
+    future_frames: ClassVar[float]
+
+    def __init__(self, **config: object):
+        super().__init__()
+        self._config = config
+        self.input_norm = nn.BatchNorm2d(1, affine=False)
+
+    def config(self) -> dict:
+        """Every constructor argument: saved with the model, rebuilds it."""
+        return dict(self._config)
+
+    @property
+    def widths(self) -> list[int]:
+        return list(self._config["widths"])
+
+    def features(self, noisy_mag: torch.Tensor) -> torch.Tensor:
+        return self.input_norm(torch.log(noisy_mag + LOG_EPS))
+
+    @property
+    def streamable(self) -> bool:
+        """True for a causal network that enhances chunk by chunk carrying a state."""
+        return False
+
+    def stream(self, noisy_mag: torch.Tensor, state: object | None) -> tuple[torch.Tensor, object]:
+        """Masks of the next frames of a stream and the state after them (streamable only)."""
+        raise NotImplementedError(f"{self.name} is not a streaming network")
+
+
+def register(cls: type[MaskNet]) -> type[MaskNet]:
+    ARCHITECTURES[cls.name] = cls
+    return cls
 
 
 def conv_block(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.GELU())
 
 
-class MaskCNN(nn.Module):
-    """Conv2d(1→32) BN GELU → (32→64) → (64→64) → (64→32) → Conv2d(32→1) Sigmoid.
+def _positive(name: str, values: list[int], count: int | None = None) -> list[int]:
+    values = [int(v) for v in values]
+    if (count is not None and len(values) != count) or not values or min(values) < 1:
+        need = f"{count} positive" if count else "positive"
+        raise ValueError(f"{name} takes {need} channel widths, got {values}")
+    return values
 
-    Input and output [batch, 1, 257, frames]; ``widths`` sets the four hidden widths."""
 
+@register
+class MaskCNN(MaskNet):
+    """The seed: Conv2d(1→32) BN GELU → (32→64) → (64→64) → (64→32) → Conv2d(32→1) Sigmoid,
+    3×3 kernels with same padding; ``widths`` sets the four hidden widths."""
+
+    name = "mask_cnn"
+    description = "the seed's 5-layer 3x3 mask CNN (sees +-5 frames)"
+    DEFAULTS = {"widths": [32, 64, 64, 32]}
     DEFAULT_WIDTHS = (32, 64, 64, 32)
 
     def __init__(self, widths: tuple[int, ...] | list[int] = DEFAULT_WIDTHS):
-        super().__init__()
-        widths = [int(w) for w in widths]
-        if len(widths) < 1 or min(widths) < 1:
-            raise ValueError(f"widths must be positive channel counts, got {widths}")
-        self.widths = widths
-        self.input_norm = nn.BatchNorm2d(1, affine=False)
+        widths = _positive("mask_cnn", widths)
+        super().__init__(widths=widths)
         chans = [1, *widths]
         self.encoder = nn.Sequential(*[conv_block(a, b) for a, b in zip(chans[:-1], chans[1:], strict=True)])
         self.head = nn.Sequential(nn.Conv2d(widths[-1], 1, 3, padding=1), nn.Sigmoid())
 
+    @property
+    def past_frames(self) -> int:  # one frame per 3x3 layer
+        return len(self.widths) + 1
+
+    future_frames = past_frames
+
     def forward(self, noisy_mag: torch.Tensor) -> torch.Tensor:
         """Mask in [0, 1] for a noisy magnitude [batch, 1, 257, frames]."""
-        features = self.input_norm(torch.log(noisy_mag + LOG_EPS))
-        return self.head(self.encoder(features))
+        return self.head(self.encoder(self.features(noisy_mag)))
 
 
-class UNetMask(nn.Module):
-    """A small U-Net variant: two stride-2 downsamplings along frequency and time with
-    skip connections; same input/output contract as :class:`MaskCNN`."""
+class _FreqDown(nn.Sequential):
+    """Conv over (frequency, time) that halves frequency, keeps frames: BN, ELU."""
 
-    DEFAULT_WIDTHS = (16, 32, 64)
+    def __init__(self, cin: int, cout: int, time_kernel: int, dilation: int = 1):
+        pad = dilation * (time_kernel - 1) // 2
+        super().__init__(nn.Conv2d(cin, cout, (3, time_kernel), stride=(2, 1), padding=(1, pad),
+                                   dilation=(1, dilation)), nn.BatchNorm2d(cout), nn.ELU())
 
-    def __init__(self, widths: tuple[int, ...] | list[int] = DEFAULT_WIDTHS):
+
+class _FreqUp(nn.Module):
+    """Doubles frequency (2F - 1 bins: 17 → 33 … → 257), frame by frame: a 3-bin conv makes
+    two outputs per bin, interleaved (sub-pixel upsampling; a transposed conv costs twice
+    as much on CPU), then BN and ELU, or the sigmoid of the last layer."""
+
+    def __init__(self, cin: int, cout: int, last: bool = False):
         super().__init__()
-        w = [int(x) for x in widths]
-        if len(w) != 3 or min(w) < 1:
-            raise ValueError(f"unet takes three positive widths, got {w}")
-        self.widths = w
-        self.input_norm = nn.BatchNorm2d(1, affine=False)
-        self.enc1 = conv_block(1, w[0])
-        self.enc2 = nn.Sequential(nn.Conv2d(w[0], w[1], 3, stride=2, padding=1), nn.BatchNorm2d(w[1]), nn.GELU())
-        self.enc3 = nn.Sequential(nn.Conv2d(w[1], w[2], 3, stride=2, padding=1), nn.BatchNorm2d(w[2]), nn.GELU())
-        self.up2 = nn.ConvTranspose2d(w[2], w[1], 2, stride=2)
-        self.dec2 = conv_block(2 * w[1], w[1])
-        self.up1 = nn.ConvTranspose2d(w[1], w[0], 2, stride=2)
-        self.dec1 = conv_block(2 * w[0], w[0])
-        self.head = nn.Sequential(nn.Conv2d(w[0], 1, 1), nn.Sigmoid())
+        self.cout = cout
+        self.conv = nn.Conv2d(cin, 2 * cout, (3, 1), padding=(1, 0))
+        self.post = nn.Sigmoid() if last else nn.Sequential(nn.BatchNorm2d(cout), nn.ELU())
 
-    @staticmethod
-    def _fit(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        # Odd sizes (257 bins, any frame count) lose a row/column when halved: pad back.
-        dh, dw = like.shape[-2] - x.shape[-2], like.shape[-1] - x.shape[-1]
-        return nn.functional.pad(x, (0, dw, 0, dh))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, f, t = x.shape
+        y = self.conv(x).reshape(b, 2, self.cout, f, t).permute(0, 2, 3, 1, 4).reshape(b, self.cout, 2 * f, t)
+        return self.post(y[:, :, : 2 * f - 1])
+
+
+@register
+class UNet(MaskNet):
+    """U-Net over frequency with temporal context: four stride-2 encoder levels over
+    frequency (3×3 kernels), a bottleneck of residual dilated 1-D convolutions over time
+    on ``temporal`` channels (dilations 1, 2, 4, 8: ±15 frames, ±120 ms, at the coarsest
+    scale), and a frame-wise transposed-conv decoder with skip connections."""
+
+    name = "unet"
+    description = "frequency U-Net with a dilated temporal bottleneck (+-19 frames)"
+    DEFAULT_WIDTHS = (16, 32, 48, 64)
+    DEFAULTS = {"widths": list(DEFAULT_WIDTHS), "temporal": 128, "dilations": [1, 2, 4, 8]}
+
+    def __init__(self, widths: tuple[int, ...] | list[int] = DEFAULT_WIDTHS, temporal: int = 128,
+                 dilations: tuple[int, ...] | list[int] = (1, 2, 4, 8)):
+        widths, dilations = _positive("unet", widths, 4), _positive("unet dilations", dilations)
+        temporal = _positive("unet temporal", [temporal])[0]
+        super().__init__(widths=widths, temporal=temporal, dilations=dilations)
+        chans = [1, *widths]
+        self.encoder = nn.ModuleList(_FreqDown(a, b, 3) for a, b in zip(chans[:-1], chans[1:], strict=True))
+        bottleneck = widths[-1] * 17  # 257 → 129 → 65 → 33 → 17 bins
+        self.squeeze = nn.Conv1d(bottleneck, temporal, 1)
+        self.temporal = nn.ModuleList(
+            nn.Sequential(nn.Conv1d(temporal, temporal, 3, padding=d, dilation=d), nn.BatchNorm1d(temporal), nn.ELU())
+            for d in dilations)
+        self.expand = nn.Conv1d(temporal, bottleneck, 1)
+        outs = [*reversed(widths[:-1]), 1]
+        self.decoder = nn.ModuleList(
+            _FreqUp(c, o, last=(i == len(outs) - 1)) for i, (c, o) in enumerate(zip(reversed(widths), outs,
+                                                                                    strict=True)))
+
+    @property
+    def past_frames(self) -> int:  # four 3-frame encoder layers, then the dilated stack
+        return 4 + sum(self._config["dilations"])
+
+    future_frames = past_frames
 
     def forward(self, noisy_mag: torch.Tensor) -> torch.Tensor:
-        x = self.input_norm(torch.log(noisy_mag + LOG_EPS))
-        e1 = self.enc1(x)
-        e2 = self.enc2(e1)
-        e3 = self.enc3(e2)
-        d2 = self.dec2(torch.cat([self._fit(self.up2(e3), e2), e2], dim=1))
-        d1 = self.dec1(torch.cat([self._fit(self.up1(d2), e1), e1], dim=1))
-        return self.head(d1)
+        x = self.features(noisy_mag)
+        skips = []
+        for layer in self.encoder:
+            x = layer(x)
+            skips.append(x)
+        b, c, f, t = x.shape
+        h = self.squeeze(x.reshape(b, c * f, t))
+        for block in self.temporal:
+            h = h + block(h)  # residual: each block adds context
+        x = x + self.expand(h).reshape(b, c, f, t)
+        for layer, skip in zip(self.decoder, reversed(skips), strict=True):
+            x = layer(x + skip)  # additive skips: half the decoder's input channels
+        return x
 
 
-ARCHITECTURES = {"mask_cnn": MaskCNN, "unet": UNetMask}
+class _CausalDown(nn.Module):
+    """Conv that halves frequency and looks at this frame and the one before (causal):
+    the previous frame comes from ``cache`` (zeros at the start of a stream)."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, (3, 2), stride=(2, 1), padding=(1, 0))
+        self.post = nn.Sequential(nn.BatchNorm2d(cout), nn.ELU())
+
+    def forward(self, x: torch.Tensor, cache: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if cache is None:
+            cache = x.new_zeros(*x.shape[:3], 1)
+        padded = torch.cat([cache, x], dim=3)
+        return self.post(self.conv(padded)), padded[..., -1:]
 
 
-def default_widths(arch: str) -> list[int]:
-    """The architecture's default channel widths."""
-    return list(_architecture(arch).DEFAULT_WIDTHS)
+@register
+class CRN(MaskNet):
+    """Convolutional recurrent network (Tan & Wang, 2018), causal: four conv layers that
+    halve frequency (257 → 17 bins), each seeing the current and the previous frame; a
+    GRU over time on the flattened bottleneck; a frame-wise transposed-conv decoder with
+    skip connections; a sigmoid mask. Nothing looks ahead, so it runs in real time, frame
+    by frame, with its state (the GRU's and each conv's last frame) carried between calls."""
+
+    name = "crn"
+    description = "causal conv encoder + GRU + decoder with skips (streams frame by frame)"
+    # Narrow first layers: they run at 129 and 65 bins, where most of the time goes.
+    DEFAULT_WIDTHS = (8, 16, 32, 32)
+    DEFAULTS = {"widths": list(DEFAULT_WIDTHS), "hidden": 192}
+    past_frames = math.inf
+    future_frames = 0
+
+    def __init__(self, widths: tuple[int, ...] | list[int] = DEFAULT_WIDTHS, hidden: int = 192):
+        widths, hidden = _positive("crn", widths, 4), int(hidden)
+        if hidden < 1:
+            raise ValueError(f"crn hidden size must be positive, got {hidden}")
+        super().__init__(widths=widths, hidden=hidden)
+        chans = [1, *widths]
+        self.encoder = nn.ModuleList(_CausalDown(a, b) for a, b in zip(chans[:-1], chans[1:], strict=True))
+        bottleneck = widths[-1] * 17
+        self.rnn = nn.GRU(bottleneck, hidden, batch_first=True)
+        self.project = nn.Linear(hidden, bottleneck)
+        outs = [*reversed(widths[:-1]), 1]
+        self.decoder = nn.ModuleList(
+            _FreqUp(c, o, last=(i == len(outs) - 1)) for i, (c, o) in enumerate(zip(reversed(widths), outs,
+                                                                                    strict=True)))
+
+    @property
+    def streamable(self) -> bool:
+        return True
+
+    def forward(self, noisy_mag: torch.Tensor) -> torch.Tensor:
+        return self.stream(noisy_mag, None)[0]
+
+    def stream(self, noisy_mag: torch.Tensor, state: object | None) -> tuple[torch.Tensor, object]:
+        caches, hidden = state if state is not None else ([None] * len(self.encoder), None)
+        x = self.features(noisy_mag)
+        skips, new_caches = [], []
+        for layer, cache in zip(self.encoder, caches, strict=True):
+            x, cache = layer(x, cache)
+            skips.append(x)
+            new_caches.append(cache)
+        b, c, f, t = x.shape
+        seq, hidden = self.rnn(x.reshape(b, c * f, t).transpose(1, 2), hidden)
+        x = self.project(seq).transpose(1, 2).reshape(b, c, f, t)
+        for layer, skip in zip(self.decoder, reversed(skips), strict=True):
+            x = layer(x + skip)  # additive skips: half the decoder's input channels
+        return x, (new_caches, hidden)
 
 
-def _architecture(arch: str) -> type[nn.Module]:
+def _architecture(arch: str) -> type[MaskNet]:
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; choose from {', '.join(sorted(ARCHITECTURES))}")
     return ARCHITECTURES[arch]
 
 
-def build_model(arch: str = "mask_cnn", widths: list[int] | tuple[int, ...] | None = None) -> nn.Module:
-    """A freshly initialised network; ``widths`` None: the architecture's default."""
+def default_widths(arch: str) -> list[int]:
+    """The architecture's default channel widths."""
+    return list(_architecture(arch).DEFAULTS["widths"])
+
+
+def build_model(arch: str = "mask_cnn", widths: list[int] | tuple[int, ...] | None = None,
+                **options: object) -> MaskNet:
+    """A freshly initialised network; ``widths`` None: the architecture's default; other
+    constructor arguments (e.g. the CRN's ``hidden``) as keywords."""
     cls = _architecture(arch)
-    return cls(widths) if widths else cls()
+    config = {**cls.DEFAULTS, **({"widths": list(widths)} if widths else {}), **options}
+    unknown = sorted(set(config) - set(cls.DEFAULTS))
+    if unknown:
+        raise ValueError(f"{arch} takes no option {', '.join(unknown)} (it takes {', '.join(sorted(cls.DEFAULTS))})")
+    return cls(**config)
 
 
 def model_config(model: nn.Module) -> dict:
-    arch = next(name for name, cls in ARCHITECTURES.items() if type(model) is cls)
-    return {"arch": arch, "widths": list(model.widths)}
+    model = getattr(model, "module", model)  # unwrap DDP
+    return {"arch": model.name, **model.config()}
+
+
+def complexity(model: nn.Module, seconds: float = 1.0) -> dict:
+    """Parameters, and multiply-accumulates per second of 16 kHz audio (convolutions,
+    linear layers and GRUs, counted on ``seconds`` of frames; norms and activations
+    left out)."""
+    model = getattr(model, "module", model)
+    frames = int(seconds * dsp.SAMPLE_RATE / dsp.HOP) + 1
+    macs = [0]
+
+    def count(module: nn.Module, inputs: tuple, output: object) -> None:
+        out = output[0] if isinstance(output, tuple) else output
+        if isinstance(module, nn.ConvTranspose2d):  # every input position meets every kernel tap
+            macs[0] += inputs[0].numel() * math.prod(module.kernel_size) * module.out_channels // module.groups
+        elif isinstance(module, (nn.Conv1d, nn.Conv2d)):
+            macs[0] += out.numel() * math.prod(module.kernel_size) * module.in_channels // module.groups
+        elif isinstance(module, nn.Linear):
+            macs[0] += out.numel() * module.in_features
+        elif isinstance(module, nn.GRU):
+            steps = out.shape[0] * out.shape[1]
+            macs[0] += steps * 3 * module.hidden_size * (module.input_size + module.hidden_size)
+
+    hooks = [m.register_forward_hook(count) for m in model.modules()
+             if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.GRU))]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.rand(1, 1, dsp.N_BINS, frames))
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    return {"parameters": sum(p.numel() for p in model.parameters()),
+            "macs_per_second": int(macs[0] / seconds)}
 
 
 def save_model(path: str | os.PathLike, model: nn.Module, **extra: float | int | str | dict) -> None:
@@ -135,7 +343,7 @@ def save_model(path: str | os.PathLike, model: nn.Module, **extra: float | int |
     storage.write_bytes(path, buffer.getvalue())  # local: temp file, then rename
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[MaskNet, dict]:
     """Rebuild a saved model (eval mode) and return it with its metadata."""
     try:
         payload = torch.load(io.BytesIO(storage.read_bytes(path)), map_location=device, weights_only=True)
@@ -147,9 +355,13 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
         raise ValueError(f"{path}: not a speech-enhance model (no model_config)")
     if payload.get("sample_rate") != dsp.SAMPLE_RATE or payload.get("stft", {}).get("hop") != dsp.HOP:
         raise ValueError(f"{path}: made for sample rate/STFT {payload.get('sample_rate')}/{payload.get('stft')}")
-    cfg = payload["model_config"]
-    model = build_model(cfg["arch"], cfg["widths"])
-    model.load_state_dict(payload["state_dict"])
+    cfg = dict(payload["model_config"])
+    try:
+        model = build_model(**cfg)
+        model.load_state_dict(payload["state_dict"])
+    except (ValueError, RuntimeError) as err:
+        reason = str(err).strip().splitlines()[0]
+        raise ValueError(f"{path}: its weights do not fit {cfg} in this version ({reason})") from None
     model.to(device).eval()
     meta = {k: v for k, v in payload.items() if k != "state_dict"}
     return model, meta

@@ -34,7 +34,8 @@ from torch import nn
 from speech_enhance.model.config import TrainConfig
 from speech_enhance.model.data import PatchCollate, read_split
 from speech_enhance.model.evaluate import calibrate_strength, describe_strength, identity_l1, test_l1
-from speech_enhance.model.net import build_model, save_model
+from speech_enhance.model.losses import LOSSES, Loss, get_loss
+from speech_enhance.model.net import build_model, complexity, model_config, save_model
 from speech_enhance.pipeline import storage
 from speech_enhance.pipeline.cluster import hide_ray_data_progress, init_ray
 from speech_enhance.pipeline.dataset import read_dataset_info
@@ -67,25 +68,25 @@ def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
-def _run_epoch(model, batches, device, optimizer=None, amp=False) -> tuple[float, float, float]:  # noqa: ANN001
-    """One pass; returns (sum of |error|, number of elements, number of patches)."""
+def _run_epoch(model, batches, device, optimizer=None, amp=False,  # noqa: ANN001
+               loss_fn: Loss = LOSSES["mag_l1"]) -> tuple[float, float, float]:
+    """One pass; returns (sum over batches of loss × patches, patches, patches): the
+    epoch's loss is the first over the second."""
     training = optimizer is not None
     model.train(training)
-    abs_sum, elements, patches = 0.0, 0.0, 0.0
-    for noisy, clean in batches:
-        noisy, clean = noisy.to(device, non_blocking=True), clean.to(device, non_blocking=True)
+    loss_sum, patches = 0.0, 0.0
+    for batch in batches:
+        noisy, clean, *phase = (t.to(device, non_blocking=True) for t in batch)
         with torch.set_grad_enabled(training), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             mask = model(noisy)
-        enhanced = mask.float() * noisy
-        loss = nn.functional.l1_loss(enhanced, clean)
+        loss = loss_fn(mask.float() * noisy, clean, phase[0] if phase else None)
         if training:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        abs_sum += loss.item() * clean.numel()
-        elements += clean.numel()
+        loss_sum += loss.item() * clean.shape[0]
         patches += clean.shape[0]
-    return abs_sum, elements, patches
+    return loss_sum, patches, patches
 
 
 def _maybe_inject_fault(config: dict, epoch: int, rank: int) -> None:
@@ -104,7 +105,9 @@ def train_loop_per_worker(config: dict) -> None:
     device = ray.train.torch.get_device()
     amp = device.type == "cuda"
 
-    model = ray.train.torch.prepare_model(build_model(config["arch"], config["widths"]))
+    model = ray.train.torch.prepare_model(
+        build_model(config["arch"], config["widths"], **(config.get("model_options") or {})))
+    loss_fn = get_loss(config["loss"])
     optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
     scheduler = (
         torch.optim.lr_scheduler.StepLR(optimizer, config["step_size"], config["gamma"])
@@ -141,11 +144,11 @@ def train_loop_per_worker(config: dict) -> None:
             batch_size=config["batch_size"], collate_fn=PatchCollate(),
             local_shuffle_buffer_size=config["shuffle_buffer"], local_shuffle_seed=config["seed"] + epoch,
         )
-        train_sums = _run_epoch(model, train_batches, device, optimizer, amp)
+        train_sums = _run_epoch(model, train_batches, device, optimizer, amp, loss_fn)
         train_seconds = time.time() - started
         val_batches = val_shard.iter_torch_batches(batch_size=max(64, config["batch_size"]), collate_fn=PatchCollate())
         with torch.no_grad():
-            val_sums = _run_epoch(model, val_batches, device, amp=amp)
+            val_sums = _run_epoch(model, val_batches, device, amp=amp, loss_fn=loss_fn)
         t_abs, t_n, t_patches, v_abs, v_n = _all_reduce_sum([*train_sums, *val_sums[:2]], device)
         seconds = time.time() - started
         lr = optimizer.param_groups[0]["lr"]
@@ -172,7 +175,7 @@ def train_loop_per_worker(config: dict) -> None:
                 torch.save(
                     {"model": getattr(model, "module", model).state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict() if scheduler else None, "train_state": state,
-                     "model_config": {"arch": config["arch"], "widths": config["widths"]}},
+                     "model_config": model_config(model)},
                     Path(tmp) / "state.pt",
                 )
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
@@ -215,6 +218,15 @@ def _resources(cfg: TrainConfig, use_gpu: bool) -> tuple[float, int]:
     return cpus, threads
 
 
+def _ingest_options() -> ray.data.ExecutionOptions:
+    """Ray Data options for the training datasets: the driver's, as Ray Train's default
+    (``DataConfig.default_ingest_options``) takes them, without the deprecated
+    ``exclude_resources`` that the default copies over (and warns about)."""
+    options = ray.data.DataContext.get_current().execution_options
+    return ray.data.ExecutionOptions(resource_limits=options.resource_limits, preserve_order=options.preserve_order,
+                                     verbose_progress=options.verbose_progress)
+
+
 def _worker_resources(cpus: float, use_gpu: bool) -> dict:
     # With --cpus-per-worker 0 the bundle still needs a non-zero resource: a token
     # amount of memory.
@@ -233,7 +245,7 @@ def _check_run_dir(out: str, config: dict, overwrite: bool) -> None:
     if storage.is_file(saved_path):
         saved = storage.read_json(saved_path)
         # config.json also records derived values (threads, versions): compare settings only.
-        changed = sorted(k for k in config if k not in RESUMABLE_KEYS and saved.get(k) != config[k])
+        changed = sorted(k for k in config if k not in RESUMABLE_KEYS and k in saved and saved[k] != config[k])
         if changed:
             raise TrainError(
                 f"{out} holds a run with a different config ({', '.join(changed)}); "
@@ -258,18 +270,24 @@ def train(cfg: TrainConfig, overwrite: bool = False, log=print, callbacks: list 
     hide_ray_data_progress()
     use_gpu = _use_gpu(cfg.gpu)
     cpus, threads = _resources(cfg, use_gpu)
+    size = complexity(build_model(cfg.arch, cfg.widths, **(cfg.model_options or {})))
     effective = {**config, "use_gpu": use_gpu, "cpus_reserved_per_worker": cpus, "torch_threads": threads,
-                 "dataset": dataset_info["config"], "ray": ray.__version__, "torch": torch.__version__}
+                 "model_size": size, "dataset": dataset_info["config"], "ray": ray.__version__,
+                 "torch": torch.__version__}
     storage.write_json(storage.join(out, "config.json"), effective)
-    log(f"training {cfg.arch} {cfg.widths} on {cfg.workers} {'GPU' if use_gpu else 'CPU'} worker(s) "
-        f"({cpus:g} CPU reserved and {threads} torch threads each); run folder {out}")
+    log(f"training {cfg.arch} {cfg.widths} ({size['parameters']:,} parameters, "
+        f"{size['macs_per_second'] / 1e6:.0f} M MACs per second of audio), loss {cfg.loss}, on {cfg.workers} "
+        f"{'GPU' if use_gpu else 'CPU'} worker(s) ({cpus:g} CPU reserved and {threads} torch threads each); "
+        f"run folder {out}")
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={**config, "torch_threads": threads},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker=_worker_resources(cpus, use_gpu)
         ),
-        datasets={"train": read_split(cfg.data, "train", shuffle_files=True), "val": read_split(cfg.data, "val")},
+        datasets={"train": read_split(cfg.data, "train", shuffle_files=True, with_phase=get_loss(cfg.loss).needs_phase),
+                  "val": read_split(cfg.data, "val", with_phase=get_loss(cfg.loss).needs_phase)},
+        dataset_config=ray.train.DataConfig(execution_options=_ingest_options()),
         run_config=ray.train.RunConfig(
             name=RAY_RUN_NAME,
             storage_path=str(out),
@@ -304,11 +322,13 @@ def export_run(result, out: str, cfg: TrainConfig, log=print, choose_strength: b
                                                    cfg.data if choose_strength else None)
     storage.write_text(storage.join(out, "history.csv"), history_csv(history))
     with tempfile.TemporaryDirectory() as tmp:
-        plot_loss_curve(history, Path(tmp) / "loss_curve.png")
+        plot_loss_curve(history, Path(tmp) / "loss_curve.png", cfg.loss)
         storage.upload(Path(tmp) / "loss_curve.png", storage.join(out, "loss_curve.png"))
     results = {
         "best_epoch": int(best_metrics["epoch"]),
-        "best_val_loss": float(best_metrics["val_loss"]),
+        "best_val_loss": float(best_metrics["val_loss"]),  # in the run's loss (config.json "loss")
+        "loss": cfg.loss,
+        "model_size": complexity(model),
         "epochs_run": len(history),
         "early_stopped": bool(latest["train_state"]["stopped"]),
         "worker_nodes": latest["train_state"].get("worker_nodes", []),
@@ -319,8 +339,9 @@ def export_run(result, out: str, cfg: TrainConfig, log=print, choose_strength: b
         "strength": strength_choice,
     }
     storage.write_json(storage.join(out, "results.json"), results)
-    log(f"best epoch {results['best_epoch']}: val L1 {results['best_val_loss']:.6f} "
-        f"(identity mask {results['val_loss_identity_mask']:.6f}); "
+    val = (f"val L1 {results['best_val_loss']:.6f} (identity mask {results['val_loss_identity_mask']:.6f})"
+           if cfg.loss == "mag_l1" else f"val {cfg.loss} {results['best_val_loss']:.6f}")
+    log(f"best epoch {results['best_epoch']}: {val}; "
         f"test L1 {results['test_loss']:.6f} (identity mask {results['test_loss_identity_mask']:.6f})")
     if strength_choice:
         log(f"default strength for enhance: {describe_strength({**strength_choice, 'source': 'model file'})}")
@@ -372,7 +393,7 @@ def history_csv(history: list[dict]) -> str:
     return text.getvalue()
 
 
-def plot_loss_curve(history: list[dict], path: Path) -> None:
+def plot_loss_curve(history: list[dict], path: Path, loss: str = "mag_l1") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -383,8 +404,8 @@ def plot_loss_curve(history: list[dict], path: Path) -> None:
     ax.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
     ax.plot(epochs, [h["val_loss"] for h in history], "s-", label="validation")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("L1 loss (magnitude)")
-    ax.set_title("Mask CNN training")
+    ax.set_ylabel(f"loss ({loss})")
+    ax.set_title("training")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -39,12 +39,35 @@ def audio_extensions() -> set[str]:
 
 
 def discover_audio(root: str | os.PathLike) -> list[Path]:
-    """Every audio file below ``root``, recursively, in sorted (deterministic) order."""
+    """Every audio file below ``root``, recursively, in sorted (deterministic) order.
+
+    Symbolic links to folders are followed (a folder of links to speaker folders is how
+    people pick part of a corpus), each real folder once, so a link cycle ends."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: not a directory")
     exts = audio_extensions()
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in exts)
+    found, seen = [], set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        found += [Path(folder) / f for f in files if Path(f).suffix.lower() in exts and (Path(folder) / f).is_file()]
+    return sorted(found)
+
+
+def folder_labels(folders: list[str | os.PathLike]) -> list[str]:
+    """Short names that tell ``folders`` apart: the last path component, or as many more as
+    it takes (``dev/speech`` and ``extra/speech``). Speakers of several clean folders are
+    named ``label/speaker``, so that equal folder names in two corpora stay two speakers."""
+    parts = [Path(f).resolve().parts for f in folders]
+    for k in range(1, max(len(p) for p in parts) + 1):
+        labels = ["/".join(p[-k:]) for p in parts]
+        if len(set(labels)) == len(labels):
+            return labels
+    raise ValueError(f"the same folder is given twice: {[str(f) for f in folders]}")
 
 
 def speaker_of(path: Path, root: Path, speaker_regex: str | None = None) -> str:

@@ -42,7 +42,7 @@ WRITE_TASKS_PER_CPU, FILES_PER_TASK = 1, 16
 PROBE_TASKS_PER_CPU, PROBES_PER_TASK = 1, 64
 # Patch rows per Parquet row group (~12 MiB at float32): small enough to write as we go.
 ROW_GROUP_ROWS = 64
-# Spectra do not compress (LZ4 measured 100.4% of raw) and dictionary-encoding floats
+# Spectra do not compress (LZ4 leaves them at their raw size) and dictionary-encoding floats
 # only costs CPU; statistics are kept for the scalar columns that readers filter on.
 PARQUET_ARGS = {
     "compression": "none",
@@ -157,20 +157,23 @@ def _existing_state(out: str, config: dict, overwrite: bool) -> str:
 
 def list_inputs(cfg: BuildConfig) -> tuple[list[dict], list[dict]]:
     """Discover the input files: (items to probe, files already skipped)."""
-    clean_root, noise_root = Path(cfg.clean_dir), Path(cfg.noise_dir)
     items, skipped = [], []
-    for kind, root in (("clean", clean_root), ("noise", noise_root)):
-        files = audio.discover_audio(root)
-        if not files:
-            raise BuildError(f"{root}: no audio files found (looked for {sorted(audio.audio_extensions())})")
-        for path in files:
-            # Clean files are grouped by speaker, noise files by type (parent folder).
-            try:
-                group = audio.speaker_of(path, root, cfg.speaker_regex if kind == "clean" else None)
-            except audio.AudioError as err:
-                skipped.append({"path": str(path), "kind": kind, "reason": err.reason})
-                continue
-            items.append({"path": str(path.resolve()), "kind": kind, "group": group})
+    for kind, roots in (("clean", cfg.clean_dirs), ("noise", cfg.noise_dirs)):
+        labels = audio.folder_labels(roots)
+        for root, label in zip(map(Path, roots), labels, strict=True):
+            files = audio.discover_audio(root)
+            if not files:
+                raise BuildError(f"{root}: no audio files found (looked for {sorted(audio.audio_extensions())})")
+            for path in files:
+                # Clean files are grouped by speaker, noise files by type (parent folder).
+                try:
+                    group = audio.speaker_of(path, root, cfg.speaker_regex if kind == "clean" else None)
+                except audio.AudioError as err:
+                    skipped.append({"path": str(path), "kind": kind, "reason": err.reason})
+                    continue
+                if kind == "clean" and len(roots) > 1:
+                    group = f"{label}/{group}"  # speaker names stay unique per folder
+                items.append({"path": str(path.resolve()), "kind": kind, "group": group})
     return items, skipped
 
 
@@ -257,10 +260,9 @@ def write_tasks(jobs: list[dict], n_tasks: int) -> list[list[dict]]:
     """Deal the file jobs out to ``n_tasks`` Ray tasks of about equal patch counts.
 
     Each task takes a run of consecutive mixtures: consecutive files share clean
-    utterances, which each worker has cached (dealing files out round-robin instead
-    measured 13% slower). Runs are cut at equal patch counts wherever that falls, not
-    only between files: cutting between files (of ~650 patches here) left one of two
-    tasks 5% longer, and its CPU's partner idle meanwhile (BENCHMARKS.md). A file that
+    utterances, which each worker has cached (round-robin would reload them). Runs are
+    cut at equal patch counts wherever that falls, not only between files, so that no
+    CPU idles while its partner finishes a longer task. A file that
     a cut falls in is written as two, the second named after its own first mixture, so
     file names still follow from the manifest and the task count, and a retried task
     replaces its files. Jobs keep their order and are renumbered (``index``)."""

@@ -24,8 +24,8 @@ DEFAULT_FILE_BYTES = 128 * 2**20
 class BuildConfig:
     """Every build setting, with its default: the one place the CLI takes them from."""
 
-    clean_dir: str
-    noise_dir: str
+    clean_dir: str | list[str]  # one folder, or several (corpora combined; speakers named folder/speaker)
+    noise_dir: str | list[str]
     out_dir: str
     snrs: list[float] = field(default_factory=lambda: [10.0, 5.0, 0.0, -5.0])  # SNRs in dB
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train/val/test fractions of speakers (and noises)
@@ -61,15 +61,28 @@ class BuildConfig:
                 re.compile(self.speaker_regex)
             except re.error as err:
                 raise ValueError(f"--speaker-regex {self.speaker_regex!r} is not a regular expression: {err}") from None
-        for option, folder in (("--clean", self.clean_dir), ("--noise", self.noise_dir)):
-            if not Path(folder).is_dir():
-                raise ValueError(f"{option} {folder}: no such folder")
+        for option, folders in (("--clean", self.clean_dirs), ("--noise", self.noise_dirs)):
+            if not folders:
+                raise ValueError(f"{option} needs at least one folder")
+            for folder in folders:
+                if not Path(folder).is_dir():
+                    raise ValueError(f"{option} {folder}: no such folder")
+            if len({str(Path(f).resolve()) for f in folders}) < len(folders):
+                raise ValueError(f"{option}: the same folder is given twice")
+
+    @property
+    def clean_dirs(self) -> list[str]:
+        return _folders(self.clean_dir)
+
+    @property
+    def noise_dirs(self) -> list[str]:
+        return _folders(self.noise_dir)
 
     def effective(self) -> dict:
         """The config as recorded in dataset.json (paths resolved, defaults filled)."""
         return {
-            "clean_dir": str(Path(self.clean_dir).resolve()),
-            "noise_dir": str(Path(self.noise_dir).resolve()),
+            "clean_dir": _resolved(self.clean_dir),
+            "noise_dir": _resolved(self.noise_dir),
             "snrs": [float(s) for s in self.snrs],
             "split": [float(f) for f in self.split],
             "seed": self.seed,
@@ -89,3 +102,14 @@ class BuildConfig:
 def default_rows_per_file(dtype: str) -> int:
     row_bytes = len(PATCH_TENSORS) * dsp.N_BINS * dsp.PATCH_FRAMES * np.dtype(dtype).itemsize
     return max(1, DEFAULT_FILE_BYTES // row_bytes)
+
+
+def _folders(value: str | list[str]) -> list[str]:
+    return [value] if isinstance(value, (str, Path)) else [str(v) for v in value]
+
+
+def _resolved(value: str | list[str]) -> str | list[str]:
+    """Absolute folder(s) as dataset.json records them: one folder stays a string, as
+    datasets of one folder always recorded it."""
+    folders = [str(Path(f).resolve()) for f in _folders(value)]
+    return folders[0] if len(folders) == 1 else folders

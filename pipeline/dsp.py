@@ -144,9 +144,8 @@ def istft(spec: torch.Tensor, length: int) -> torch.Tensor:
 
 
 # Patches per FFT call in spectrum_patches: 256 frames, whose windowed frames (0.5 MiB)
-# and spectrum (0.5 MiB) stay in cache from the FFT through the arithmetic. One call
-# for the whole signal took 1.2-1.5 ms per 8 s of audio, against 0.85 ms in blocks of
-# 1-4 patches and 0.96 ms in blocks of 16 (BENCHMARKS.md, session 13).
+# and spectrum (0.5 MiB) stay in cache from the FFT through the arithmetic, which one
+# call for the whole signal does not.
 FFT_BLOCK_PATCHES = 4
 
 

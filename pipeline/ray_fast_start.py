@@ -51,10 +51,11 @@ def install_if_requested() -> bool:
 def refresh_interval(resource_manager: object) -> float:
     """Seconds until the executor's next budget refresh (read on every round of its
     scheduling loop, which is what lets this set the loop's wait too): fast while the
-    budget's CPUs are unknown, Ray's own interval once they are known."""
+    budget's CPUs are unknown, Ray's own interval once they are known (or once the
+    switch is turned off again in this process)."""
     limits = getattr(resource_manager, "_global_limits", None)
     now = time.monotonic()
-    if limits is not None and getattr(limits, "cpu", 0) > 0:
+    if not requested() or (limits is not None and getattr(limits, "cpu", 0) > 0):
         interval, wait = RAY_REFRESH_S, RAY_WAIT_S
     elif now - vars(resource_manager).setdefault(_MARK, now) < POLL_FOR_S:
         interval = wait = POLL_S

@@ -161,9 +161,8 @@ def release_written(stream: pa.NativeFile) -> None:
     Called after each chunk, it keeps only the last chunk or two of the file in memory.
     A build writes gigabytes that nothing reads back soon; left in the page cache they
     crowd out the rest, and every chunk needs fresh pages, which is slow where the OS
-    hands free memory back to a hypervisor (measured on this project's Firecracker VM:
-    2.5 GB written in 3.6-5.2 s as usual, in 1.3-1.5 s with write-behind). Does nothing
-    where the stream has no file descriptor or the OS has no ``posix_fadvise``."""
+    hands free memory back to a hypervisor (a VM). Does nothing where the stream has no
+    file descriptor or the OS has no ``posix_fadvise``."""
     if not hasattr(os, "posix_fadvise"):
         return
     try:

@@ -2,8 +2,8 @@
 
 Each tensor column is ``fixed_size_binary`` holding one C-contiguous little-endian
 array per row; the field metadata records ``shape`` and ``dtype``. Parquet stores
-such a column without per-element repetition levels, which made writing 2.6× faster
-than a list<float> tensor column (BENCHMARKS.md), and reading it back is a zero-copy
+such a column without per-element repetition levels, so it writes much faster than a
+list<float> tensor column (BENCHMARKS.md), and reading it back is a zero-copy
 ``np.frombuffer``. Any Parquet reader sees plain bytes::
 
     np.frombuffer(row["noisy_mag"], dtype=np.float32).reshape(257, 64)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 from pathlib import Path
 
@@ -62,12 +63,24 @@ def _widths(value: str) -> list[int]:
     return widths
 
 
+def _model_option(value: str) -> tuple[str, object]:
+    name, sep, raw = value.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"--model-option takes NAME=VALUE, got {value!r}")
+    try:
+        return name, json.loads(raw)
+    except json.JSONDecodeError:
+        return name, raw
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from speech_enhance.model.config import TrainConfig
     from speech_enhance.model.train import train
     from speech_enhance.pipeline.cluster import init_ray
 
     values = _load_config_file(args.config) if args.config else {}
+    if args.model_options:
+        args.model_options = dict(args.model_options)
     values.update(_given(args, TrainConfig))
     cfg = TrainConfig(**values).validated()  # before Ray starts
     if args.address:
@@ -170,6 +183,7 @@ def _given(args: argparse.Namespace, config: type) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     from speech_enhance.model.config import TrainConfig
+    from speech_enhance.model.losses import LOSSES
     from speech_enhance.model.net import ARCHITECTURES
     from speech_enhance.pipeline.config import BuildConfig
     from speech_enhance.tune.config import TuneConfig
@@ -186,8 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_corpus)
 
     p = sub.add_parser("build", help="render clean x noise x SNR mixtures into Parquet patches")
-    p.add_argument("--clean", dest="clean_dir", required=True, help="folder of clean speech, one sub-folder per speaker")
-    p.add_argument("--noise", dest="noise_dir", required=True, help="folder of noise recordings (searched recursively)")
+    p.add_argument("--clean", dest="clean_dir", required=True, nargs="+", metavar="DIR",
+                   help="folder(s) of clean speech, one sub-folder per speaker; several corpora combine "
+                        "(speakers are then named FOLDER/SPEAKER)")
+    p.add_argument("--noise", dest="noise_dir", required=True, nargs="+", metavar="DIR",
+                   help="folder(s) of noise recordings (searched recursively; the parent folder is the type)")
     p.add_argument("--out", dest="out_dir", required=True, help="dataset folder to write")
     _option(p, "--snr", BuildConfig, "snrs", "SNRs in dB", type=float, nargs="+")
     _option(p, "--split", BuildConfig, "split", "fractions of speakers (and noise files) per split, summing to 1",
@@ -220,6 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
     _option(p, "--arch", TrainConfig, "arch", "network", choices=sorted(ARCHITECTURES))
     _option(p, "--widths", TrainConfig, "widths", "comma-separated channel widths",
             default_text="the architecture's own", type=_widths)
+    p.add_argument("--model-option", dest="model_options", action="append", type=_model_option, default=None,
+                   metavar="NAME=VALUE", help="another constructor argument of the architecture, e.g. hidden=256 "
+                                              "for crn (repeatable)")
+    _option(p, "--loss", TrainConfig, "loss", "training loss (model/losses.py)", choices=list(LOSSES))
     _option(p, "--step-size", TrainConfig, "step_size", "StepLR step in epochs", default_text="StepLR off", type=int)
     _option(p, "--gamma", TrainConfig, "gamma", "StepLR decay factor", type=float)
     _option(p, "--workers", TrainConfig, "workers", "data-parallel workers", type=int)

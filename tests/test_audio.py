@@ -70,3 +70,26 @@ def test_speaker_from_parent_folder_or_regex(tmp_path):
     assert audio.speaker_of(flat, tmp_path, r"spk(\d+)-") == "7"
     with pytest.raises(audio.AudioError, match="does not match"):
         audio.speaker_of(flat, tmp_path, r"speaker(\d+)")
+
+
+def test_discovery_follows_symlinked_folders_once(tmp_path):
+    """A folder of links to speaker folders (how people pick part of a corpus) is searched,
+    and a link cycle does not loop."""
+    from speech_enhance.pipeline.audio import discover_audio
+
+    corpus = tmp_path / "corpus"
+    for speaker in ("a", "b"):
+        (corpus / speaker).mkdir(parents=True)
+        sf.write(corpus / speaker / "x.wav", np.zeros(1600, np.float32), 16000)
+    picked = tmp_path / "picked"
+    picked.mkdir()
+    (picked / "a").symlink_to(corpus / "a", target_is_directory=True)
+    (picked / "a" / "loop").symlink_to(picked, target_is_directory=True)  # a cycle back up
+    assert [p.relative_to(picked).as_posix() for p in discover_audio(picked)] == ["a/x.wav"]
+
+
+def test_folder_labels_tell_corpora_apart():
+    from speech_enhance.pipeline.audio import folder_labels
+
+    assert folder_labels(["/data/dev/speech", "/data/extra/speech"]) == ["dev/speech", "extra/speech"]
+    assert folder_labels(["/data/vctk", "/data/libri"]) == ["vctk", "libri"]

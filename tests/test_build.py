@@ -187,3 +187,23 @@ def test_build_command_starts_its_local_ray_without_dashboard(monkeypatch, tmp_p
     monkeypatch.setattr(build, "build_dataset", lambda cfg, **kwargs: calls.append(kwargs))
     assert main(["build", "--clean", str(tmp_path), "--noise", str(tmp_path), "--out", str(tmp_path / "o")]) == 0
     assert calls == [{"overwrite": False, "dashboard": False}]
+
+
+def test_several_clean_folders_combine_with_speakers_named_per_folder(ray_session, tiny_corpus, tmp_path):
+    """Two corpora whose speaker folders have the same names stay different speakers, and a
+    folder of symlinks to speaker folders is read like the folders themselves."""
+    clean, noise = tiny_corpus
+    second = tmp_path / "other" / "speech"
+    second.mkdir(parents=True)
+    for speaker in sorted(p for p in clean.iterdir() if p.is_dir()):
+        (second / speaker.name).symlink_to(speaker, target_is_directory=True)
+    out = tmp_path / "ds"
+    assert main(["build", "--clean", str(clean), str(second), "--noise", str(noise), "--out", str(out),
+                 "--snr", "0", "--noises-per-clean", "1"]) == 0
+    manifest = pq.read_table(out / "manifest.parquet").to_pandas()
+    own = {p.name for p in clean.iterdir() if p.is_dir()}
+    label = clean.parent.name
+    assert set(manifest.speaker) == {f"{label}/speech/{s}" for s in own} | {f"other/speech/{s}" for s in own}
+    assert (manifest.groupby("speaker").split.nunique() == 1).all()
+    config = json.loads((out / "dataset.json").read_text())["config"]
+    assert config["clean_dir"] == [str(clean.resolve()), str(second.resolve())]

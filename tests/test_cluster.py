@@ -73,6 +73,10 @@ def test_fast_start_polls_fast_at_first_then_as_ray_would(monkeypatch):
     module = SimpleNamespace(WAIT_FOR_TASK_COMPLETION_TIMEOUT_S=fast.RAY_WAIT_S)
     monkeypatch.setattr(fast, "_state", {"installed": True, "wait_module": module})
     starting = SimpleNamespace(_global_limits=SimpleNamespace(cpu=0))
+    monkeypatch.delenv(fast.SWITCH, raising=False)  # installed, then switched off: Ray's own values
+    assert fast.refresh_interval(starting) == fast.RAY_REFRESH_S
+    assert module.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S == fast.RAY_WAIT_S
+    monkeypatch.setenv(fast.SWITCH, "1")
     assert fast.refresh_interval(starting) == fast.POLL_S
     assert module.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S == fast.POLL_S
     assert fast.refresh_interval(SimpleNamespace()) == fast.POLL_S  # no budget read yet

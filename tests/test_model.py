@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from speech_enhance.model import MaskCNN, build_model, load_model, save_model
+from speech_enhance.model.net import ARCHITECTURES, complexity
 from speech_enhance.model.train import early_stopping_update
 
 
@@ -23,7 +24,7 @@ def test_default_architecture_is_pinned():
     assert not model.input_norm.affine  # the input normalisation adds no parameters
 
 
-@pytest.mark.parametrize("arch", ["mask_cnn", "unet"])
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
 @pytest.mark.parametrize("frames", [64, 1, 37, 200])
 def test_any_number_of_frames_gives_a_mask_of_the_same_shape(arch, frames):
     model = build_model(arch).eval()
@@ -40,24 +41,63 @@ def test_widths_are_configurable():
         build_model("mask_cnn", [0, 4])
     with pytest.raises(ValueError, match="unknown architecture"):
         build_model("transformer")
+    with pytest.raises(ValueError, match="takes no option"):
+        build_model("mask_cnn", hidden=3)
 
 
-@pytest.mark.parametrize("arch,widths", [("mask_cnn", [8, 16, 16, 8]), ("unet", [8, 16, 32])])
-def test_checkpoint_round_trip_gives_same_outputs(tmp_path, arch, widths):
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_every_architecture_round_trips_through_its_model_file(tmp_path, arch):
     torch.manual_seed(0)
-    model = build_model(arch, widths)
+    model = build_model(arch, [8, 8, 8, 8] if arch != "unet" else [4, 8, 8, 8])
     model.train()
     model(torch.rand(4, 1, 257, 64) * 3)  # move the BatchNorm running statistics
     model.eval()
     path = tmp_path / "m.pth"
     save_model(path, model, epoch=3, val_loss=0.5)
     raw = torch.load(path, weights_only=True)  # no pickled code inside
-    assert raw["model_config"] == {"arch": arch, "widths": widths} and raw["sample_rate"] == 16000
+    assert raw["model_config"] == {"arch": arch, **model.config()} and raw["sample_rate"] == 16000
+    assert set(model.config()) == set(ARCHITECTURES[arch].DEFAULTS)  # every constructor argument
     loaded, meta = load_model(path)
     assert meta["epoch"] == 3 and meta["stft"] == {"n_fft": 512, "hop": 128, "window": "hann"}
+    assert type(loaded) is type(model) and loaded.config() == model.config()
     x = torch.rand(2, 1, 257, 90)
     torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
     assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_declared_context_is_what_the_network_sees(arch):
+    """A change at frame 100 moves the mask exactly at the frames the architecture declares."""
+    torch.manual_seed(0)
+    model = build_model(arch).eval()
+    x = torch.rand(1, 1, 257, 200) + 0.01
+    changed = x.clone()
+    changed[..., 100] *= 10
+    with torch.no_grad():
+        moved = (model(changed) - model(x)).abs().amax(dim=(0, 1, 2)) > 0
+    frames = moved.nonzero().flatten().tolist()
+    assert frames[0] == 100 - min(model.future_frames, 100)
+    assert frames[-1] == (199 if math.isinf(model.past_frames) else 100 + model.past_frames)
+
+
+def test_the_crn_streams_chunk_by_chunk_as_it_runs_whole():
+    torch.manual_seed(0)
+    model = build_model("crn", [8, 8, 8, 8], hidden=16).eval()
+    x = torch.rand(2, 1, 257, 50)
+    with torch.no_grad():
+        whole, state, parts = model(x), None, []
+        for start in range(0, 50, 7):
+            mask, state = model.stream(x[..., start:start + 7], state)
+            parts.append(mask)
+    torch.testing.assert_close(torch.cat(parts, dim=-1), whole, atol=1e-6, rtol=0)
+
+
+def test_default_architectures_fit_the_budget():
+    """At most 1 M parameters for the networks meant to be trained by default."""
+    for arch in ("crn", "unet"):
+        size = complexity(build_model(arch))
+        assert size["parameters"] <= 1_000_000, (arch, size)
+        assert 0 < size["macs_per_second"] < complexity(build_model("mask_cnn"))["macs_per_second"]
 
 
 def test_loading_a_bad_file_names_it(tmp_path):

@@ -65,3 +65,20 @@ def test_interrupted_run_resumes_at_next_epoch_with_optimizer_state(tiny_dataset
     # a different model config in the same folder is refused
     with pytest.raises(TrainError, match="different config"):
         train(TrainConfig(data=str(tiny_dataset), out=str(run), widths=[8, 8, 8, 8]), log=lambda *_: None)
+
+
+@pytest.mark.parametrize("arch, loss", [("unet", "cmag_mse"), ("crn", "cmag_mse_sisdr")])
+def test_each_new_architecture_trains_an_epoch_through_the_cli_with_its_default_widths(
+        tiny_dataset, tmp_path, arch, loss):
+    from speech_enhance.cli import main
+    from speech_enhance.model.net import ARCHITECTURES
+
+    run = tmp_path / arch
+    assert main(["train", "--data", str(tiny_dataset), "--out", str(run), "--arch", arch, "--loss", loss,
+                 "--epochs", "1", "--batch-size", "4"]) == 0
+    model, meta = load_model(run / BEST_MODEL)
+    assert meta["model_config"] == {"arch": arch, **ARCHITECTURES[arch].DEFAULTS}
+    results = json.loads((run / "results.json").read_text())
+    assert results["loss"] == loss and results["model_size"]["parameters"] == sum(
+        p.numel() for p in model.parameters())
+    assert json.loads((run / "config.json").read_text())["model_size"]["macs_per_second"] > 0

@@ -93,9 +93,8 @@ def require_state_api(wait_s: float = 30.0) -> None:
     placement group of that trial's Ray Train run is scoped to the job, not to the
     killed actor, and Ray Train's placement-group cleaner removes it only once it sees,
     through the state API, that the run's controller died. Without the API every
-    stopped trial keeps its CPUs or GPU and the next trial waits for them forever: a
-    search with one GPU hung after its first trial, and one on 2 CPUs hung too
-    (BENCHMARKS.md). The dashboard can take a few seconds to answer after Ray starts."""
+    stopped trial keeps its CPUs or GPU and the next trial waits for them forever. The
+    dashboard can take a few seconds to answer after Ray starts."""
     deadline = time.monotonic() + wait_s
     while True:
         try:

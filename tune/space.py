@@ -2,8 +2,10 @@
 
 Each entry is ``name: {type: ..., ...}`` with type one of ``loguniform``/``uniform``
 (``low``, ``high``), ``randint`` (``low``, ``high`` inclusive) or ``choice`` (``values``).
-Names are TrainConfig fields, plus ``width1``..``width4`` (the four channel widths) and
-``use_step_lr`` (when false, ``step_size``/``gamma`` are ignored and StepLR is off).
+Names are TrainConfig fields (``arch``, ``loss``, ``lr`` …), plus ``width1``..``width4``
+(the four channel widths every registered architecture takes) and ``use_step_lr`` (when
+false, ``step_size``/``gamma`` are ignored and StepLR is off). The default space searches
+every registered architecture (:data:`speech_enhance.model.net.ARCHITECTURES`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ from pathlib import Path
 import yaml
 from ray import tune
 
+from speech_enhance.model.net import ARCHITECTURES
+
 DEFAULT_SPACE: dict[str, dict] = {
+    "arch": {"type": "choice", "values": sorted(ARCHITECTURES)},
     "lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
     "width1": {"type": "choice", "values": [16, 32, 48]},
     "width2": {"type": "choice", "values": [32, 64, 96]},

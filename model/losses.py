@@ -1,0 +1,115 @@
+"""Training losses: objects chosen by name (``train --loss``), saved in the run's config.
+
+Every loss compares the enhanced magnitude (Mask × Noisy) with the clean magnitude of a
+batch of patches [batch, 1, 257, frames]; a waveform loss also needs the noisy phase,
+through which both go back to the time domain. Format-1 datasets store no clean phase,
+so a waveform loss's target is the clean magnitude with the noisy phase: the best a mask
+on the noisy magnitude can reach, measured after overlap-add.
+
+- ``mag_l1``: the seed's L1 on linear magnitudes. Linear magnitudes are dominated by the
+  loud low-frequency bins, so quiet speech and high bands hardly count.
+- ``cmag_l1`` / ``cmag_mse``: L1 / MSE on power-law compressed magnitudes |·|^0.3
+  (Wilson et al., 2018; the compression of DeepFilterNet's and many DNS entries' losses):
+  quiet bins weigh more, as they do for the ear.
+- ``sisdr``: negative SI-SDR of the patch waveforms, in dB.
+- ``cmag_mse_sisdr``: ``cmag_mse`` plus 0.001 × negative SI-SDR in dB (both about 0.01 at
+  the start of training): the spectral fit and the waveform measure people report.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+from speech_enhance.pipeline import dsp
+
+COMPRESSION = 0.3
+MAG_FLOOR = 1e-12  # keeps the gradient of x^0.3 finite at silent bins
+
+
+class Loss:
+    name: ClassVar[str]
+    needs_phase: ClassVar[bool] = False
+
+    def __call__(self, enhanced: torch.Tensor, clean: torch.Tensor, phase: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class MagnitudeL1(Loss):
+    name = "mag_l1"
+
+    def __call__(self, enhanced: torch.Tensor, clean: torch.Tensor, phase: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+        return torch.mean(torch.abs(enhanced - clean))
+
+
+class CompressedMagnitude(Loss):
+    """Distance between ``|·|^power`` of the two magnitudes: ``kind`` "l1" or "mse"."""
+
+    def __init__(self, kind: str, power: float = COMPRESSION):
+        if kind not in ("l1", "mse"):
+            raise ValueError(f"kind must be l1 or mse, got {kind!r}")
+        self.kind, self.power = kind, power
+        self.name = f"cmag_{kind}"
+
+    def __call__(self, enhanced: torch.Tensor, clean: torch.Tensor, phase: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+        diff = enhanced.clamp_min(MAG_FLOOR).pow(self.power) - clean.clamp_min(MAG_FLOOR).pow(self.power)
+        return torch.mean(diff.abs() if self.kind == "l1" else diff.square())
+
+
+def si_sdr(estimate: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """SI-SDR in dB of each row of [batch, samples] (zero-mean first)."""
+    estimate = estimate - estimate.mean(dim=-1, keepdim=True)
+    target = target - target.mean(dim=-1, keepdim=True)
+    scale = (estimate * target).sum(-1, keepdim=True) / (target.square().sum(-1, keepdim=True) + eps)
+    projection = scale * target
+    noise = estimate - projection
+    return 10 * torch.log10((projection.square().sum(-1) + eps) / (noise.square().sum(-1) + eps))
+
+
+def patch_waveforms(magnitude: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
+    """Waveforms [batch, samples] of magnitude patches [batch, 1, 257, frames] with ``phase``."""
+    spec = torch.polar(magnitude[:, 0].float(), phase[:, 0].float())
+    frames = spec.shape[-1]
+    return dsp.istft(spec, (frames - 1) * dsp.HOP)
+
+
+class NegativeSISDR(Loss):
+    name = "sisdr"
+    needs_phase = True
+
+    def __call__(self, enhanced: torch.Tensor, clean: torch.Tensor, phase: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+        if phase is None:
+            raise ValueError("the sisdr loss needs the noisy phase of each patch")
+        return -si_sdr(patch_waveforms(enhanced, phase), patch_waveforms(clean, phase)).mean()
+
+
+class Sum(Loss):
+    """``first`` + ``weight`` × ``second``."""
+
+    def __init__(self, name: str, first: Loss, second: Loss, weight: float):
+        self.name, self.first, self.second, self.weight = name, first, second, weight
+        self.needs_phase = first.needs_phase or second.needs_phase
+
+    def __call__(self, enhanced: torch.Tensor, clean: torch.Tensor, phase: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+        return self.first(enhanced, clean, phase) + self.weight * self.second(enhanced, clean, phase)
+
+
+LOSSES: dict[str, Loss] = {loss.name: loss for loss in (
+    MagnitudeL1(),
+    CompressedMagnitude("l1"),
+    CompressedMagnitude("mse"),
+    NegativeSISDR(),
+    Sum("cmag_mse_sisdr", CompressedMagnitude("mse"), NegativeSISDR(), 1e-3),
+)}
+
+
+def get_loss(name: str) -> Loss:
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; choose from {', '.join(LOSSES)}")
+    return LOSSES[name]

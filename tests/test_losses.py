@@ -1,0 +1,64 @@
+"""Each training loss against a value worked out by hand."""
+
+import math
+
+import pytest
+import torch
+
+from speech_enhance.model.losses import LOSSES, get_loss, si_sdr
+
+
+def _patch(values):
+    return torch.tensor(values, dtype=torch.float32).reshape(1, 1, 1, -1)
+
+
+def test_magnitude_l1_is_the_mean_absolute_difference():
+    assert get_loss("mag_l1")(_patch([1.0, 2.0]), _patch([0.0, 4.0])).item() == pytest.approx((1 + 2) / 2)
+
+
+def test_compressed_magnitude_losses_compare_the_0_3_powers():
+    # 1^0.3 = 1 and 0^0.3 = 0 (the floor's 1e-12^0.3 = 2.5e-4); 8^0.3 = 1.866, 1^0.3 = 1.
+    enhanced, clean = _patch([1.0, 8.0]), _patch([0.0, 1.0])
+    floor = 1e-12 ** 0.3
+    first, second = 1 - floor, 8 ** 0.3 - 1
+    assert get_loss("cmag_l1")(enhanced, clean).item() == pytest.approx((first + second) / 2, rel=1e-5)
+    assert get_loss("cmag_mse")(enhanced, clean).item() == pytest.approx((first**2 + second**2) / 2, rel=1e-5)
+
+
+def test_si_sdr_of_a_known_mixture():
+    target = torch.tensor([[1.0, -1.0, 1.0, -1.0]])
+    noise = torch.tensor([[1.0, 1.0, -1.0, -1.0]])  # orthogonal to the target, zero mean
+    # estimate = 2 * target + 0.5 * noise: projection 2 * target (energy 16), residual energy 1
+    assert si_sdr(2 * target + 0.5 * noise, target).item() == pytest.approx(10 * math.log10(16 / 1), abs=1e-4)
+    assert si_sdr(3 * target, target).item() > 70  # scale-invariant: a scaled target is perfect
+
+
+def test_waveform_loss_is_negative_si_sdr_and_needs_the_phase():
+    torch.manual_seed(0)
+    clean = torch.rand(2, 1, 257, 16) + 0.1
+    phase = (torch.rand(2, 1, 257, 16) - 0.5) * 2 * math.pi
+    loss = get_loss("sisdr")
+    assert loss.needs_phase and loss(clean, clean, phase).item() < -60  # identical waveforms
+    assert loss(clean * 0.5, clean, phase).item() < -60  # scale does not count
+    assert loss(clean + torch.rand_like(clean), clean, phase).item() > loss(clean, clean, phase).item()
+    with pytest.raises(ValueError, match="phase"):
+        loss(clean, clean)
+    combined = get_loss("cmag_mse_sisdr")
+    noisy = clean + torch.rand_like(clean)
+    expected = get_loss("cmag_mse")(noisy, clean) + 1e-3 * loss(noisy, clean, phase)
+    assert combined(noisy, clean, phase).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_every_loss_is_differentiable_and_named_once():
+    torch.manual_seed(0)
+    mask = torch.rand(2, 1, 257, 8, requires_grad=True)
+    noisy, clean = torch.rand(2, 1, 257, 8) + 0.01, torch.rand(2, 1, 257, 8)
+    phase = torch.rand(2, 1, 257, 8)
+    for name, loss in LOSSES.items():
+        assert loss.name == name
+        value = loss(mask * noisy, clean, phase)
+        value.backward()
+        assert torch.isfinite(mask.grad).all(), name
+        mask.grad = None
+    with pytest.raises(ValueError, match="unknown loss"):
+        get_loss("perceptual")
