@@ -27,7 +27,7 @@ test: install
 
 # The suite on the oldest Ray the project supports (pyproject.toml's lower bound), in its
 # own virtual environment; CI runs `make test` on the newest.
-RAY_MIN ?= 2.51.0
+RAY_MIN ?= 2.58.1
 RAY_MIN_VENV ?= .venv-ray-min
 test-ray-min:
 	$(PYTHON) -m venv $(RAY_MIN_VENV)

@@ -7,7 +7,7 @@ its first second on one CPU, and between rounds its scheduling loop waits up to 
 for a task to finish. Ray has no public setting for either interval (README, "Known
 limitations"), so this module changes two private constants while an execution's
 budget is unknown, and only where they still have the values it was written for (Ray
-2.51-2.60): with any other Ray it does nothing. The gain is a few tenths of a second
+2.58-2.60): with any other Ray it does nothing. The gain is a few tenths of a second
 per build or training epoch (BENCHMARKS.md).
 """
 

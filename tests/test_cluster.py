@@ -40,10 +40,14 @@ def test_worker_processes_do_not_warn_about_hidden_progress_bars(ray_session):
 def test_ray_fast_start_is_off_unless_asked_and_leaves_other_rays_alone(monkeypatch):
     """The one workaround that touches Ray's internals is opt-in, and only takes over
     constants that still have the values it was written for."""
-    from ray.data._internal.execution import streaming_executor_state
-    from ray.data._internal.execution.resource_manager import ResourceManager
-
     from speech_enhance.pipeline import ray_fast_start as fast
+
+    streaming_executor_state = pytest.importorskip("ray.data._internal.execution.streaming_executor_state")
+    ResourceManager = pytest.importorskip("ray.data._internal.execution.resource_manager").ResourceManager
+    if not hasattr(streaming_executor_state, "WAIT_FOR_TASK_COMPLETION_TIMEOUT_S"):
+        monkeypatch.setenv(fast.SWITCH, "1")
+        assert not fast.install_if_requested()  # another Ray: the workaround does nothing
+        return
 
     monkeypatch.setattr(fast, "_state", {"installed": False, "wait_module": None})
     monkeypatch.delenv(fast.SWITCH, raising=False)
@@ -189,7 +193,8 @@ def test_hidden_progress_bars_do_not_warn(ray_session):
         reset_log_once(RAY_DATA_BARS_OFF_WARNING)
         context.enable_progress_bars = False
         ray_session.data.range(2).take_all()
-        assert any("Progress bars disabled" in w for w in warnings), warnings  # what Ray does
+        if not any("Progress bars disabled" in w for w in warnings):
+            pytest.skip("this Ray does not warn about hidden progress bars: nothing to hide")
 
         warnings.clear()
         reset_log_once(RAY_DATA_BARS_OFF_WARNING)
