@@ -47,7 +47,7 @@ def plain_loop(data: str, batch_size: int, threads: int, device: str = "cpu", ar
     rate = 0.0
     for _ in range(2):  # the first pass warms up allocator and caches
         started = time.time()
-        _, _, patches = _run_epoch(model, local_batches(data, "train", batch_size, loss_fn.needs_phase),
+        _, patches = _run_epoch(model, local_batches(data, "train", batch_size, loss_fn.needs_phase),
                                    torch.device(device), optimizer, amp=device == "cuda", loss_fn=loss_fn)
         if device == "cuda":
             torch.cuda.synchronize()

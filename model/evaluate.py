@@ -283,8 +283,7 @@ def evaluate(data_dir: str, model_path: str, out_dir: str, max_mixtures: int | N
     o = report["overall"]
     log(f"overall (model at strength {calibration['strength']} and with the full mask)  " + "  ".join(
         f"{m}: noisy {o['noisy'][m]:.3f} model {o['model_limited'][m]:.3f} full mask {o['model'][m]:.3f} "
-        f"wiener {o['wiener'][m]:.3f} gating {o['spectral_gating'][m]:.3f} rnnoise {o['rnnoise'][m]:.3f}"
-        for m in METRICS))
+        + " ".join(f"{BASELINE_NAMES[b]} {o[b][m]:.3f}" for b in BASELINES) for m in METRICS))
     log(f"report: {out / 'report.md'}")
     return report
 

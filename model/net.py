@@ -36,7 +36,6 @@ class MaskNet(nn.Module):
     """Base of every registered network."""
 
     name: ClassVar[str]
-    description: ClassVar[str]
     DEFAULTS: ClassVar[dict]
     # Frames of input before / after a frame that its mask depends on; math.inf: unbounded.
     past_frames: ClassVar[float]
@@ -91,9 +90,8 @@ class MaskCNN(MaskNet):
     3×3 kernels with same padding; ``widths`` sets the four hidden widths."""
 
     name = "mask_cnn"
-    description = "the seed's 5-layer 3x3 mask CNN (sees +-5 frames)"
-    DEFAULTS = {"widths": [32, 64, 64, 32]}
     DEFAULT_WIDTHS = (32, 64, 64, 32)
+    DEFAULTS = {"widths": list(DEFAULT_WIDTHS)}
 
     def __init__(self, widths: tuple[int, ...] | list[int] = DEFAULT_WIDTHS):
         widths = _positive("mask_cnn", widths)
@@ -114,12 +112,10 @@ class MaskCNN(MaskNet):
 
 
 class _FreqDown(nn.Sequential):
-    """Conv over (frequency, time) that halves frequency, keeps frames: BN, ELU."""
+    """3×3 conv over (frequency, time) that halves frequency, keeps frames: BN, ELU."""
 
-    def __init__(self, cin: int, cout: int, time_kernel: int, dilation: int = 1):
-        pad = dilation * (time_kernel - 1) // 2
-        super().__init__(nn.Conv2d(cin, cout, (3, time_kernel), stride=(2, 1), padding=(1, pad),
-                                   dilation=(1, dilation)), nn.BatchNorm2d(cout), nn.ELU())
+    def __init__(self, cin: int, cout: int):
+        super().__init__(nn.Conv2d(cin, cout, 3, stride=(2, 1), padding=1), nn.BatchNorm2d(cout), nn.ELU())
 
 
 class _FreqUp(nn.Module):
@@ -139,15 +135,30 @@ class _FreqUp(nn.Module):
         return self.post(y[:, :, : 2 * f - 1])
 
 
+class _Decoder(nn.ModuleList):
+    """The U-Net's and the CRN's decoder: one :class:`_FreqUp` per encoder level, widths in
+    reverse down to the one-channel mask, each level's encoder output added as its skip
+    (additive skips: half the input channels of concatenated ones)."""
+
+    def __init__(self, widths: list[int]):
+        outs = [*reversed(widths[:-1]), 1]
+        super().__init__(_FreqUp(c, o, last=(i == len(outs) - 1))
+                         for i, (c, o) in enumerate(zip(reversed(widths), outs, strict=True)))
+
+    def forward(self, x: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
+        for layer, skip in zip(self, reversed(skips), strict=True):
+            x = layer(x + skip)
+        return x
+
+
 @register
 class UNet(MaskNet):
     """U-Net over frequency with temporal context: four stride-2 encoder levels over
     frequency (3×3 kernels), a bottleneck of residual dilated 1-D convolutions over time
     on ``temporal`` channels (dilations 1, 2, 4, 8: ±15 frames, ±120 ms, at the coarsest
-    scale), and a frame-wise transposed-conv decoder with skip connections."""
+    scale), and a frame-wise decoder with skip connections (:class:`_Decoder`)."""
 
     name = "unet"
-    description = "frequency U-Net with a dilated temporal bottleneck (+-19 frames)"
     DEFAULT_WIDTHS = (16, 32, 48, 64)
     DEFAULTS = {"widths": list(DEFAULT_WIDTHS), "temporal": 128, "dilations": [1, 2, 4, 8]}
 
@@ -157,17 +168,14 @@ class UNet(MaskNet):
         temporal = _positive("unet temporal", [temporal])[0]
         super().__init__(widths=widths, temporal=temporal, dilations=dilations)
         chans = [1, *widths]
-        self.encoder = nn.ModuleList(_FreqDown(a, b, 3) for a, b in zip(chans[:-1], chans[1:], strict=True))
+        self.encoder = nn.ModuleList(_FreqDown(a, b) for a, b in zip(chans[:-1], chans[1:], strict=True))
         bottleneck = widths[-1] * 17  # 257 → 129 → 65 → 33 → 17 bins
         self.squeeze = nn.Conv1d(bottleneck, temporal, 1)
         self.temporal = nn.ModuleList(
             nn.Sequential(nn.Conv1d(temporal, temporal, 3, padding=d, dilation=d), nn.BatchNorm1d(temporal), nn.ELU())
             for d in dilations)
         self.expand = nn.Conv1d(temporal, bottleneck, 1)
-        outs = [*reversed(widths[:-1]), 1]
-        self.decoder = nn.ModuleList(
-            _FreqUp(c, o, last=(i == len(outs) - 1)) for i, (c, o) in enumerate(zip(reversed(widths), outs,
-                                                                                    strict=True)))
+        self.decoder = _Decoder(widths)
 
     @property
     def past_frames(self) -> int:  # four 3-frame encoder layers, then the dilated stack
@@ -186,9 +194,7 @@ class UNet(MaskNet):
         for block in self.temporal:
             h = h + block(h)  # residual: each block adds context
         x = x + self.expand(h).reshape(b, c, f, t)
-        for layer, skip in zip(self.decoder, reversed(skips), strict=True):
-            x = layer(x + skip)  # additive skips: half the decoder's input channels
-        return x
+        return self.decoder(x, skips)
 
 
 class _CausalDown(nn.Module):
@@ -211,12 +217,11 @@ class _CausalDown(nn.Module):
 class CRN(MaskNet):
     """Convolutional recurrent network (Tan & Wang, 2018), causal: four conv layers that
     halve frequency (257 → 17 bins), each seeing the current and the previous frame; a
-    GRU over time on the flattened bottleneck; a frame-wise transposed-conv decoder with
-    skip connections; a sigmoid mask. Nothing looks ahead, so it runs in real time, frame
+    GRU over time on the flattened bottleneck; a frame-wise decoder with skip connections
+    (:class:`_Decoder`); a sigmoid mask. Nothing looks ahead, so it runs in real time, frame
     by frame, with its state (the GRU's and each conv's last frame) carried between calls."""
 
     name = "crn"
-    description = "causal conv encoder + GRU + decoder with skips (streams frame by frame)"
     # Narrow first layers: they run at 129 and 65 bins, where most of the time goes.
     DEFAULT_WIDTHS = (8, 16, 32, 32)
     DEFAULTS = {"widths": list(DEFAULT_WIDTHS), "hidden": 192}
@@ -233,10 +238,7 @@ class CRN(MaskNet):
         bottleneck = widths[-1] * 17
         self.rnn = nn.GRU(bottleneck, hidden, batch_first=True)
         self.project = nn.Linear(hidden, bottleneck)
-        outs = [*reversed(widths[:-1]), 1]
-        self.decoder = nn.ModuleList(
-            _FreqUp(c, o, last=(i == len(outs) - 1)) for i, (c, o) in enumerate(zip(reversed(widths), outs,
-                                                                                    strict=True)))
+        self.decoder = _Decoder(widths)
 
     @property
     def streamable(self) -> bool:
@@ -256,9 +258,7 @@ class CRN(MaskNet):
         b, c, f, t = x.shape
         seq, hidden = self.rnn(x.reshape(b, c * f, t).transpose(1, 2), hidden)
         x = self.project(seq).transpose(1, 2).reshape(b, c, f, t)
-        for layer, skip in zip(self.decoder, reversed(skips), strict=True):
-            x = layer(x + skip)  # additive skips: half the decoder's input channels
-        return x, (new_caches, hidden)
+        return self.decoder(x, skips), (new_caches, hidden)
 
 
 def _architecture(arch: str) -> type[MaskNet]:

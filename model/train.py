@@ -69,9 +69,9 @@ def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
 
 
 def _run_epoch(model, batches, device, optimizer=None, amp=False,  # noqa: ANN001
-               loss_fn: Loss = LOSSES["mag_l1"]) -> tuple[float, float, float]:
-    """One pass; returns (sum over batches of loss × patches, patches, patches): the
-    epoch's loss is the first over the second."""
+               loss_fn: Loss = LOSSES["mag_l1"]) -> tuple[float, float]:
+    """One pass; returns (sum over batches of loss × patches, patches): the epoch's loss
+    is the first over the second."""
     training = optimizer is not None
     model.train(training)
     loss_sum, patches = 0.0, 0.0
@@ -86,7 +86,7 @@ def _run_epoch(model, batches, device, optimizer=None, amp=False,  # noqa: ANN00
             optimizer.step()
         loss_sum += loss.item() * clean.shape[0]
         patches += clean.shape[0]
-    return loss_sum, patches, patches
+    return loss_sum, patches
 
 
 def _maybe_inject_fault(config: dict, epoch: int, rank: int) -> None:
@@ -149,12 +149,12 @@ def train_loop_per_worker(config: dict) -> None:
         val_batches = val_shard.iter_torch_batches(batch_size=max(64, config["batch_size"]), collate_fn=PatchCollate())
         with torch.no_grad():
             val_sums = _run_epoch(model, val_batches, device, amp=amp, loss_fn=loss_fn)
-        t_abs, t_n, t_patches, v_abs, v_n = _all_reduce_sum([*train_sums, *val_sums[:2]], device)
+        t_loss, t_patches, v_loss, v_patches = _all_reduce_sum([*train_sums, *val_sums], device)
         seconds = time.time() - started
         lr = optimizer.param_groups[0]["lr"]
         if scheduler:
             scheduler.step()
-        train_loss, val_loss = t_abs / max(t_n, 1), v_abs / max(v_n, 1)
+        train_loss, val_loss = t_loss / max(t_patches, 1), v_loss / max(v_patches, 1)
         # val_loss is all-reduced, hence identical on every rank: all ranks stop together.
         state["stopped"] = early_stopping_update(state, val_loss, config["patience"])
         state["epoch"] = epoch
@@ -279,14 +279,15 @@ def train(cfg: TrainConfig, overwrite: bool = False, log=print, callbacks: list 
         f"{size['macs_per_second'] / 1e6:.0f} M MACs per second of audio), loss {cfg.loss}, on {cfg.workers} "
         f"{'GPU' if use_gpu else 'CPU'} worker(s) ({cpus:g} CPU reserved and {threads} torch threads each); "
         f"run folder {out}")
+    with_phase = get_loss(cfg.loss).needs_phase  # waveform losses read the noisy phase too
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={**config, "torch_threads": threads},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker=_worker_resources(cpus, use_gpu)
         ),
-        datasets={"train": read_split(cfg.data, "train", shuffle_files=True, with_phase=get_loss(cfg.loss).needs_phase),
-                  "val": read_split(cfg.data, "val", with_phase=get_loss(cfg.loss).needs_phase)},
+        datasets={"train": read_split(cfg.data, "train", shuffle_files=True, with_phase=with_phase),
+                  "val": read_split(cfg.data, "val", with_phase=with_phase)},
         dataset_config=ray.train.DataConfig(execution_options=_ingest_options()),
         run_config=ray.train.RunConfig(
             name=RAY_RUN_NAME,
