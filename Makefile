@@ -14,7 +14,7 @@ $(BIN)/python:
 # machine install the CUDA build you want before `pip install -e .`.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev,corpus,rnnoise]'
+	$(BIN)/pip install -q -e '.[dev,corpus,rnnoise,reverb,onnx]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -33,7 +33,7 @@ test-ray-min:
 	$(PYTHON) -m venv $(RAY_MIN_VENV)
 	$(RAY_MIN_VENV)/bin/pip install -q --upgrade pip
 	$(RAY_MIN_VENV)/bin/pip install -q torch==2.13.0
-	$(RAY_MIN_VENV)/bin/pip install -q -e '.[dev,corpus,rnnoise]' 'ray[default,data,train,tune]==$(RAY_MIN)'
+	$(RAY_MIN_VENV)/bin/pip install -q -e '.[dev,corpus,rnnoise,reverb,onnx]' 'ray[default,data,train,tune]==$(RAY_MIN)'
 	$(RAY_MIN_VENV)/bin/python -m pytest -q
 
 lint: install

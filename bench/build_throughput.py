@@ -8,7 +8,7 @@ Ray's are, one of each per process): the most any two processes get out of this 
 Ray's own cost is Ray against the pool, and the machine's is the pool against the loop.
 
     python bench/build_throughput.py [--clean DIR --noise DIR] [--k 2] [--scale 4] [--repeat 5]
-                                     [--repeat-scaled 3]
+                                     [--repeat-scaled 3] [--variety]
 
 Defaults use ../shared/data/dev (real recordings). Speed and memory are measured in
 separate runs:
@@ -53,9 +53,12 @@ import psutil
 import torch
 
 from speech_enhance.pipeline import allocator, build, ray_fast_start
-from speech_enhance.pipeline.plan import as_rows, plan_mixtures
+from speech_enhance.pipeline.plan import as_rows
 
 HERE = Path(__file__).resolve().parent
+# --variety: the variety options a varied training set uses (README, "Dataset variety").
+VARIETY = {"snr_range": (-5.0, 20.0), "simulate_rooms": 0.5, "mic_eq": 0.3, "clip": 0.05,
+           "noise_transforms": 0.5, "synthetic_noise": 0.3}
 DEV = HERE.parent.parent / "shared" / "data" / "dev"
 
 
@@ -95,9 +98,8 @@ def planned_jobs(cfg: build.BuildConfig, probe: Callable[[list[dict]], list[dict
     turns the input items into probe rows."""
     config = cfg.effective()
     items, skipped = build.list_inputs(cfg)
-    clean, noise, _ = build.sort_probed(cfg, probe(items), skipped)
-    mixtures, _, _ = plan_mixtures(clean, noise, config["snrs"], tuple(config["split"]), cfg.seed,
-                                   cfg.noises_per_clean, cfg.split_noise)
+    clean, noise, _, rirs = build.sort_probed(cfg, probe(items), skipped)
+    mixtures, _, _ = build.plan(cfg, clean, noise, rirs)
     return build.file_jobs(as_rows(mixtures), Path(cfg.out_dir), config["rows_per_file"]), len(mixtures)
 
 
@@ -168,6 +170,8 @@ def main():
     parser.add_argument("--repeat", type=int, default=5, help="timed rounds at 1x (each: both loops, pool, Ray)")
     parser.add_argument("--repeat-scaled", type=int, default=3, help="timed rounds at --scale times the mixtures")
     parser.add_argument("--work", default=None, help="scratch folder (default: a temp dir)")
+    parser.add_argument("--variety", action="store_true",
+                        help="every build with the variety options on (VARIETY: reverberation, SNR range, ...)")
     parser.add_argument("--no-fast-start", action="store_true",
                         help="skip the Ray build with SPEECH_ENHANCE_RAY_DATA_FAST_START=1 in each round")
     args = parser.parse_args()
@@ -178,7 +182,8 @@ def main():
 
     def config(name, k):
         # Noise shared across splits so K noises per utterance exist in every split.
-        return build.BuildConfig(args.clean, args.noise, str(work / name), noises_per_clean=k, split_noise=False)
+        return build.BuildConfig(args.clean, args.noise, str(work / name), noises_per_clean=k, split_noise=False,
+                                 **(VARIETY if args.variety else {}))
 
     def timed(name: str, k: int, run) -> tuple[float, float]:  # noqa: ANN001
         """Wall seconds of one run, and this process's CPU-s in it: all of a loop's, only

@@ -21,6 +21,7 @@ class TrainConfig:
     out: str
     epochs: int = 100  # maximum epochs
     patience: int = 8  # early-stopping patience in epochs
+    time_limit: float | None = None  # minutes of training in all; the epoch under way ends early
     lr: float = 1e-3  # AdamW learning rate
     weight_decay: float = 1e-2  # AdamW weight decay
     batch_size: int = 16  # patches per batch per worker
@@ -50,6 +51,8 @@ class TrainConfig:
         checks = [
             ("--epochs", self.epochs, self.epochs >= 1, "at least 1"),
             ("--patience", self.patience, self.patience >= 1, "at least 1"),
+            ("--time-limit", self.time_limit,
+             self.time_limit is None or (self.time_limit > 0 and math.isfinite(self.time_limit)), "positive"),
             ("--lr", self.lr, self.lr > 0 and math.isfinite(self.lr), "a positive number"),
             ("--weight-decay", self.weight_decay, self.weight_decay >= 0 and math.isfinite(self.weight_decay),
              "zero or positive"),

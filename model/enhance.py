@@ -212,11 +212,11 @@ def enhance_file(model: nn.Module, src_path: str | os.PathLike, dst_path: str | 
     return FileResult(str(src_path), str(dst_path), total / rate, time.time() - started)
 
 
-def enhance_paths(model: nn.Module, inputs: list[str], out_dir: str | os.PathLike, strength: float = 1.0,
-                  log=print) -> list[FileResult]:  # noqa: ANN001
-    """Enhance files and folders (recursively); outputs keep their names under out_dir."""
+def _file_jobs(inputs: list[str], out_dir: str | os.PathLike) -> tuple[list[tuple[Path, Path]], list[FileResult]]:
+    """(source, destination) of every input file (folders searched recursively), and a
+    failed result for each input that does not exist."""
     jobs: list[tuple[Path, Path]] = []
-    results: list[FileResult] = []
+    missing: list[FileResult] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
@@ -224,13 +224,104 @@ def enhance_paths(model: nn.Module, inputs: list[str], out_dir: str | os.PathLik
         elif path.exists():
             jobs.append((path, Path(out_dir) / path.name))
         else:
-            results.append(FileResult(str(path), error="no such file or folder"))
-    for src, dst in jobs:
-        result = enhance_file(model, src, dst, strength)
-        results.append(result)
-        if result.error:
-            log(f"skipped {src}: {result.error}")
-        else:
-            log(f"{src} -> {dst}  ({result.seconds_audio:.1f} s audio, real-time factor "
-                f"{result.seconds_wall / max(result.seconds_audio, 1e-9):.3f})")
+            missing.append(FileResult(str(path), error="no such file or folder"))
+    return jobs, missing
+
+
+def _log_result(log, result: FileResult, index: int, total: int, dst: Path) -> None:  # noqa: ANN001
+    if result.error:
+        log(f"[{index}/{total}] skipped {result.path}: {result.error}")
+    else:
+        log(f"[{index}/{total}] {result.path} -> {dst}  ({result.seconds_audio:.1f} s audio, real-time factor "
+            f"{result.seconds_wall / max(result.seconds_audio, 1e-9):.3f})")
+
+
+def enhance_paths(model: nn.Module, inputs: list[str], out_dir: str | os.PathLike, strength: float = 1.0,
+                  log=print) -> list[FileResult]:  # noqa: ANN001
+    """Enhance files and folders (recursively) one after another; outputs keep their
+    names under out_dir."""
+    jobs, results = _file_jobs(inputs, out_dir)
+    for index, (src, dst) in enumerate(jobs, 1):
+        results.append(enhance_file(model, src, dst, strength))
+        _log_result(log, results[-1], index, len(jobs), dst)
     return results
+
+
+_WORKER_MODEL: nn.Module | None = None
+
+
+def _start_worker(load, threads: int) -> None:  # noqa: ANN001
+    global _WORKER_MODEL
+    torch.set_num_threads(threads)
+    _WORKER_MODEL = load()
+
+
+def _enhance_in_worker(src: Path, dst: Path, strength: float) -> FileResult:
+    return enhance_file(_WORKER_MODEL, src, dst, strength)
+
+
+def enhance_paths_parallel(load, inputs: list[str], out_dir: str | os.PathLike,  # noqa: ANN001
+                           strength: float = 1.0, jobs: int | None = None, log=print) -> list[FileResult]:  # noqa: ANN001
+    """:func:`enhance_paths` with files enhanced in ``jobs`` processes at once (default:
+    every CPU), each on one thread with its own model from ``load()`` (a picklable
+    callable): files are independent, so this scales where one file's small matrix
+    products do not."""
+    import concurrent.futures
+    import multiprocessing
+
+    file_jobs, results = _file_jobs(inputs, out_dir)
+    workers = max(1, min(jobs or os.cpu_count() or 1, len(file_jobs)))
+    if workers == 1:
+        return enhance_paths(load(), inputs, out_dir, strength, log)
+    # spawn, not fork: a forked copy of a process that has run torch's thread pool can hang.
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=_start_worker, initargs=(load, 1)) as pool:
+        futures = {pool.submit(_enhance_in_worker, src, dst, strength): dst for src, dst in file_jobs}
+        for index, future in enumerate(concurrent.futures.as_completed(futures), 1):
+            results.append(future.result())
+            _log_result(log, results[-1], index, len(file_jobs), futures[future])
+    return results
+
+
+def stream_pcm(model: nn.Module, source, sink, rate: int = dsp.SAMPLE_RATE, channels: int = 1,  # noqa: ANN001
+               strength: float = 1.0, segment: int = 2 * dsp.HOP) -> int:
+    """Enhance raw 16-bit little-endian PCM from the binary stream ``source`` (e.g. stdin)
+    to ``sink`` as it arrives, ``segment`` samples at 16 kHz at a time: a denoiser for a
+    pipe from ``sox``/``ffmpeg``/a sound card. Returns the frames written (as many as read)."""
+    down = soxr.ResampleStream(rate, dsp.SAMPLE_RATE, channels, dtype="float32", quality="HQ")
+    up = soxr.ResampleStream(dsp.SAMPLE_RATE, rate, channels, dtype="float32", quality="HQ")
+    enhancer = StreamingEnhancer(model, channels, strength, segment=segment)
+    frame_bytes = 2 * channels
+    read = written = 0
+    pending = b""
+
+    def emit(y16: np.ndarray, last: bool) -> None:
+        nonlocal written
+        y = up.resample_chunk(np.ascontiguousarray(y16.T), last=last)[: max(0, read - written)]
+        if last and written + len(y) < read:  # resampler rounding: pad the last few samples
+            y = np.concatenate([y, np.zeros((read - written - len(y), channels), np.float32)])
+        sink.write((np.clip(y, -1.0, 1.0) * 32767.0).round().astype("<i2").tobytes())
+        sink.flush()
+        written += len(y)
+
+    while True:
+        data = source.read1(4096 * frame_bytes) if hasattr(source, "read1") else source.read(4096 * frame_bytes)
+        if not data:
+            break
+        data, pending = pending + data, b""
+        usable = len(data) - len(data) % frame_bytes
+        data, pending = data[:usable], data[usable:]
+        block = np.frombuffer(data, "<i2").astype(np.float32).reshape(-1, channels) / 32768.0
+        read += len(block)
+        emit(enhancer.push(down.resample_chunk(block).T), last=False)
+    tail = enhancer.push(down.resample_chunk(np.zeros((0, channels), np.float32), last=True).T)
+    emit(np.concatenate([tail, enhancer.finish()], axis=1), last=True)
+    return written
+
+
+def latency_ms(model: nn.Module, segment: int = 2 * dsp.HOP) -> float | None:
+    """Algorithmic latency of :func:`stream_pcm` at 16 kHz: an output sample waits for its
+    segment to fill and for the context after it (window and look-ahead). None: the
+    network needs the whole input."""
+    context = context_samples(model)
+    return None if context is None else 1000.0 * (segment + context) / dsp.SAMPLE_RATE

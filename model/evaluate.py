@@ -31,6 +31,7 @@ from speech_enhance.pipeline.cluster import hide_ray_data_progress, init_ray
 from speech_enhance.pipeline.dataset import load_manifest, read_dataset_info, render_row
 
 BASELINES = ("wiener", "spectral_gating", "rnnoise")
+SNR_BAND_DB = 5.0
 METHODS = ("noisy", "model", "model_limited", *BASELINES)
 BASELINE_NAMES = {"wiener": "Wiener", "spectral_gating": "spectral gating", "rnnoise": "RNNoise"}
 # "model": the full mask (`enhance --strength 1`). "model_limited": the same model at its
@@ -94,6 +95,8 @@ def evaluate_mixture(model: nn.Module, row: dict, limited_strength: float = LIMI
     mix = render_row(row)
     reference = _roundtrip(mix.clean)
     out = {"mixture_id": int(row["mixture_id"]), "snr_db": float(row["snr_db"]),
+           # SNRs drawn from a range (build --snr-range) are reported in 5 dB bands.
+           "snr_band": float(SNR_BAND_DB * round(float(row["snr_db"]) / SNR_BAND_DB)),
            "noise_type": row["noise_type"], "speaker": row["speaker"]}
     estimates = enhance_all(model, mix.noisy, limited_strength)
     for method in METHODS:
@@ -268,7 +271,7 @@ def evaluate(data_dir: str, model_path: str, out_dir: str, max_mixtures: int | N
         "patch_l1": patch_loss,
         "limited_strength": calibration,
         "overall": summarise(per_mixture)["all"],
-        "per_snr": summarise(per_mixture, "snr_db"),
+        "per_snr": summarise(per_mixture, "snr_band"),
         "per_noise_type": summarise(per_mixture, "noise_type"),
         "per_mixture": per_mixture,
     }
@@ -392,7 +395,7 @@ def render_report(report: dict) -> str:
         "",
         *_table({"all": o}, "set", strength),
         "",
-        "### Per SNR (dB)",
+        "### Per SNR (dB, to the nearest 5)",
         "",
         *_table(report["per_snr"], "SNR", strength),
         "",

@@ -66,6 +66,20 @@ class MaskNet(nn.Module):
         """Masks of the next frames of a stream and the state after them (streamable only)."""
         raise NotImplementedError(f"{self.name} is not a streaming network")
 
+    def flat_state(self, state: object) -> list[torch.Tensor]:
+        """The stream state as a flat list of tensors (ONNX inputs and outputs)."""
+        raise NotImplementedError(f"{self.name} is not a streaming network")
+
+    def unflat_state(self, tensors: list[torch.Tensor]) -> object:
+        """Inverse of :meth:`flat_state`."""
+        raise NotImplementedError(f"{self.name} is not a streaming network")
+
+    def zero_state(self, batch: int = 1) -> list[torch.Tensor]:
+        """The flat state at the start of a stream (all zeros), which ``stream(x, None)`` uses."""
+        with torch.no_grad():
+            _, state = self.stream(torch.ones(batch, 1, dsp.N_BINS, 1), None)
+        return [torch.zeros_like(t) for t in self.flat_state(state)]
+
 
 def register(cls: type[MaskNet]) -> type[MaskNet]:
     ARCHITECTURES[cls.name] = cls
@@ -259,6 +273,13 @@ class CRN(MaskNet):
         seq, hidden = self.rnn(x.reshape(b, c * f, t).transpose(1, 2), hidden)
         x = self.project(seq).transpose(1, 2).reshape(b, c, f, t)
         return self.decoder(x, skips), (new_caches, hidden)
+
+    def flat_state(self, state: object) -> list[torch.Tensor]:
+        caches, hidden = state
+        return [*caches, hidden]
+
+    def unflat_state(self, tensors: list[torch.Tensor]) -> object:
+        return list(tensors[:-1]), tensors[-1]
 
 
 def _architecture(arch: str) -> type[MaskNet]:

@@ -43,7 +43,7 @@ from speech_enhance.pipeline.dataset import read_dataset_info
 BEST_MODEL = "cnn_enhancer_best.pth"
 RAY_RUN_NAME = "ray"
 # Keys that may change when a run is continued (e.g. more epochs, other hardware).
-RESUMABLE_KEYS = {"epochs", "patience", "workers", "gpu", "cpus_per_worker", "torch_threads", "fault_injection"}
+RESUMABLE_KEYS = {"epochs", "patience", "time_limit", "workers", "gpu", "cpus_per_worker", "torch_threads", "fault_injection"}
 
 
 class TrainError(RuntimeError):
@@ -68,14 +68,28 @@ def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
+def _past_deadline(deadline: float, device: torch.device) -> bool:
+    """Whether any rank is past ``deadline`` (time.time()): every rank gets the same answer,
+    so all stop after the same step, as DDP needs."""
+    late = torch.tensor([float(time.time() > deadline)], device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(late, op=dist.ReduceOp.MAX)
+    return bool(late.item())
+
+
+DEADLINE_CHECK_STEPS = 8  # steps between deadline checks (each is an all-reduce)
+
+
 def _run_epoch(model, batches, device, optimizer=None, amp=False,  # noqa: ANN001
-               loss_fn: Loss = LOSSES["mag_l1"]) -> tuple[float, float]:
+               loss_fn: Loss = LOSSES["mag_l1"], deadline: float | None = None) -> tuple[float, float]:
     """One pass; returns (sum over batches of loss × patches, patches): the epoch's loss
-    is the first over the second."""
+    is the first over the second. Training stops early once past ``deadline``."""
     training = optimizer is not None
     model.train(training)
     loss_sum, patches = 0.0, 0.0
-    for batch in batches:
+    for step, batch in enumerate(batches):
+        if deadline is not None and step % DEADLINE_CHECK_STEPS == 0 and step and _past_deadline(deadline, device):
+            break
         noisy, clean, *phase = (t.to(device, non_blocking=True) for t in batch)
         with torch.set_grad_enabled(training), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             mask = model(noisy)
@@ -113,7 +127,8 @@ def train_loop_per_worker(config: dict) -> None:
         torch.optim.lr_scheduler.StepLR(optimizer, config["step_size"], config["gamma"])
         if config.get("step_size") else None
     )
-    state = {"epoch": 0, "best_val": math.inf, "bad_epochs": 0, "stopped": False, "history": []}
+    state = {"epoch": 0, "best_val": math.inf, "bad_epochs": 0, "stopped": False, "history": [],
+             "train_seconds": 0.0}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as ckpt_dir:
@@ -138,14 +153,19 @@ def train_loop_per_worker(config: dict) -> None:
 
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
+    limit = config.get("time_limit")
     for epoch in range(state["epoch"] + 1, config["epochs"] + 1):
         started = time.time()
+        deadline = started + limit * 60 - state.get("train_seconds", 0.0) if limit else None
         train_batches = train_shard.iter_torch_batches(
             batch_size=config["batch_size"], collate_fn=PatchCollate(),
             local_shuffle_buffer_size=config["shuffle_buffer"], local_shuffle_seed=config["seed"] + epoch,
         )
-        train_sums = _run_epoch(model, train_batches, device, optimizer, amp, loss_fn)
+        train_sums = _run_epoch(model, train_batches, device, optimizer, amp, loss_fn, deadline)
         train_seconds = time.time() - started
+        state["train_seconds"] = state.get("train_seconds", 0.0) + train_seconds
+        # Every rank stopped at the same step, so this is the same on all of them.
+        out_of_time = deadline is not None and _past_deadline(deadline, device)
         val_batches = val_shard.iter_torch_batches(batch_size=max(64, config["batch_size"]), collate_fn=PatchCollate())
         with torch.no_grad():
             val_sums = _run_epoch(model, val_batches, device, amp=amp, loss_fn=loss_fn)
@@ -156,7 +176,7 @@ def train_loop_per_worker(config: dict) -> None:
             scheduler.step()
         train_loss, val_loss = t_loss / max(t_patches, 1), v_loss / max(v_patches, 1)
         # val_loss is all-reduced, hence identical on every rank: all ranks stop together.
-        state["stopped"] = early_stopping_update(state, val_loss, config["patience"])
+        state["stopped"] = early_stopping_update(state, val_loss, config["patience"]) or out_of_time
         state["epoch"] = epoch
         # patches/s: training patches (all workers) per second of the training pass.
         row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "lr": lr, "seconds": seconds,
@@ -168,7 +188,7 @@ def train_loop_per_worker(config: dict) -> None:
             print(
                 f"epoch {epoch:3d}  train {train_loss:.5f}  val {val_loss:.5f}  lr {lr:.2e}  "
                 f"{seconds:6.1f} s  {row['patches_per_s']:7.1f} patches/s"
-                + ("  (early stop)" if state["stopped"] else ""),
+                + ("  (time limit)" if out_of_time else "  (early stop)" if state["stopped"] else ""),
                 flush=True,
             )
             with tempfile.TemporaryDirectory() as tmp:

@@ -29,6 +29,7 @@ from speech_enhance.pipeline.cluster import balanced_groups, contiguous_groups, 
 from speech_enhance.pipeline.config import PATCH_TENSORS, BuildConfig
 from speech_enhance.pipeline.dataset import (
     DatasetError,
+    load_rir,
     patch_file_name,
     render_row,
 )
@@ -129,7 +130,7 @@ def _write_task(task: dict, dtype: str, fault_injection: dict | None = None) -> 
 
 def probe_file(row: dict) -> dict:
     """Load and check one input file; records its length or the reason it is unusable."""
-    loader = audio.load_clean if row["kind"] == "clean" else audio.load_audio
+    loader = {"clean": audio.load_clean, "noise": audio.load_audio, "rir": load_rir}[row["kind"]]
     try:
         return {**row, "n_samples": len(loader(row["path"])), "reason": ""}
     except audio.AudioError as err:
@@ -158,7 +159,7 @@ def _existing_state(out: str, config: dict, overwrite: bool) -> str:
 def list_inputs(cfg: BuildConfig) -> tuple[list[dict], list[dict]]:
     """Discover the input files: (items to probe, files already skipped)."""
     items, skipped = [], []
-    for kind, roots in (("clean", cfg.clean_dirs), ("noise", cfg.noise_dirs)):
+    for kind, roots in (("clean", cfg.clean_dirs), ("noise", cfg.noise_dirs), ("rir", cfg.rir_dirs)):
         labels = audio.folder_labels(roots)
         for root, label in zip(map(Path, roots), labels, strict=True):
             files = audio.discover_audio(root)
@@ -179,22 +180,25 @@ def list_inputs(cfg: BuildConfig) -> tuple[list[dict], list[dict]]:
 
 def sort_probed(
     cfg: BuildConfig, probed: list[dict], skipped: list[dict]
-) -> tuple[list[SourceFile], list[SourceFile], list[dict]]:
-    """Split probe results into usable clean and noise files and skipped ones."""
-    clean, noise = [], []
+) -> tuple[list[SourceFile], list[SourceFile], list[dict], list[SourceFile]]:
+    """Split probe results into usable clean, noise and RIR files and skipped ones."""
+    usable: dict[str, list[SourceFile]] = {"clean": [], "noise": [], "rir": []}
     for row in sorted(probed, key=lambda r: r["path"]):
         if row["reason"]:
             skipped.append({"path": row["path"], "kind": row["kind"], "reason": row["reason"]})
             continue
-        (clean if row["kind"] == "clean" else noise).append(SourceFile(row["path"], row["group"], row["n_samples"]))
+        usable[row["kind"]].append(SourceFile(row["path"], row["group"], row["n_samples"]))
+    clean, noise, rirs = usable["clean"], usable["noise"], usable["rir"]
     if not clean:
         raise BuildError(f"{cfg.clean_dir}: no usable clean speech ({len(skipped)} files skipped: {_reasons(skipped)})")
     if not noise:
         raise BuildError(f"{cfg.noise_dir}: no usable noise ({len(skipped)} files skipped: {_reasons(skipped)})")
-    return clean, noise, skipped
+    if cfg.rir_dir is not None and not rirs:
+        raise BuildError(f"{cfg.rir_dir}: no usable impulse response ({_reasons(skipped)})")
+    return clean, noise, skipped, rirs
 
 
-def _probe_inputs(cfg: BuildConfig) -> tuple[list[SourceFile], list[SourceFile], list[dict]]:
+def _probe_inputs(cfg: BuildConfig) -> tuple[list[SourceFile], list[SourceFile], list[dict], list[SourceFile]]:
     items, skipped = list_inputs(cfg)
     # Plain Ray tasks, not Ray Data: the probe returns one small dict per input file, so
     # streaming buys nothing, and a Ray Data execution costs more to start and stop.
@@ -222,6 +226,15 @@ def _file_size(path: str) -> int:
 def probe_files(items: list[dict]) -> list[dict]:
     """:func:`probe_file` for each item: one Ray task's share of the probe."""
     return [probe_file(item) for item in items]
+
+
+def plan(cfg: BuildConfig, clean: list[SourceFile], noise: list[SourceFile],
+         rirs: list[SourceFile]) -> tuple[list[MixturePlan], dict, list[str]]:
+    """The build's mixtures from its probed inputs (:func:`~speech_enhance.pipeline.plan.plan_mixtures`)."""
+    config = cfg.effective()
+    return plan_mixtures(clean, noise, config["snrs"], tuple(config["split"]), cfg.seed, cfg.noises_per_clean,
+                         cfg.split_noise, snr_range=cfg.snr_range, mixtures_per_clean=cfg.mixtures_per_clean,
+                         variety=cfg.variety(), rirs=rirs)
 
 
 def _reasons(skipped: list[dict]) -> str:
@@ -311,10 +324,8 @@ def build_dataset(cfg: BuildConfig, overwrite: bool = False, log=print, dashboar
         return storage.read_json(storage.join(out, "dataset.json"))
     started = time.time()
     init_ray(dashboard=dashboard)
-    clean, noise, skipped = _probe_inputs(cfg)
-    mixtures, assignment, warnings = plan_mixtures(
-        clean, noise, config["snrs"], tuple(config["split"]), cfg.seed, cfg.noises_per_clean, cfg.split_noise
-    )
+    clean, noise, skipped, rirs = _probe_inputs(cfg)
+    mixtures, assignment, warnings = plan(cfg, clean, noise, rirs)
     if not mixtures:
         raise BuildError("the plan has no mixtures: " + "; ".join(warnings or ["check --split"]))
     per_split = {s: [m for m in mixtures if m.split == s] for s in SPLITS}
@@ -322,7 +333,9 @@ def build_dataset(cfg: BuildConfig, overwrite: bool = False, log=print, dashboar
         f"planned {len(mixtures)} mixtures ("
         + ", ".join(f"{s} {len(per_split[s])}" for s in SPLITS)
         + f") from {len(clean)} clean files of {len({c.speaker for c in clean})} speakers, "
-        f"{len(noise)} noise files, SNRs {config['snrs']}; {len(skipped)} input files skipped"
+        f"{len(noise)} noise files" + (f", {len(rirs)} impulse responses" if rirs else "")
+        + (f", SNRs drawn from {config['snr_range']} dB" if cfg.snr_range else f", SNRs {config['snrs']}")
+        + f"; {len(skipped)} input files skipped"
     )
     for w in warnings:
         log(f"warning: {w}")

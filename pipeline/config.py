@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from speech_enhance.pipeline import dsp, store
+from speech_enhance.pipeline import augment, dsp, store
 from speech_enhance.pipeline.dataset import FORMAT_VERSION
 
 PATCH_TENSORS = store.TENSOR_COLUMNS
@@ -35,6 +35,17 @@ class BuildConfig:
     dtype: str = "float32"  # float32 | float16
     split_noise: bool = True  # False: noise files are shared between the splits
     speaker_regex: str | None = None  # None: the parent folder name is the speaker
+    # Variety (pipeline/augment.py); all off by default, which keeps a build plain.
+    snr_range: tuple[float, float] | None = None  # draw each mixture's SNR from [low, high] dB
+    mixtures_per_clean: int | None = None  # K mixtures per utterance (random noise file, SNR, offset)
+    rir_dir: str | list[str] | None = None  # folder(s) of room impulse responses
+    rir_prob: float = 0.5  # fraction of mixtures reverberated with a file of rir_dir
+    simulate_rooms: float = 0.0  # fraction reverberated with a simulated shoebox room
+    reverb_target: str = "early"  # early: denoise only (keep 50 ms of reflections) | dry: also dereverberate
+    mic_eq: float = 0.0  # fraction with a random microphone response
+    clip: float = 0.0  # fraction clipped at a random fraction of their peak
+    noise_transforms: float = 0.0  # fraction of train mixtures with noise EQ, modulation or a second noise
+    synthetic_noise: float = 0.0  # fraction of train mixtures with coloured noise or babble
     # Test hook, not part of the dataset config (also read from the environment variable
     # SPEECH_ENHANCE_FAULT_INJECTION as JSON): {"marker": path} makes the first file
     # job's worker process die once, before it writes, to exercise Ray's task retries;
@@ -61,7 +72,29 @@ class BuildConfig:
                 re.compile(self.speaker_regex)
             except re.error as err:
                 raise ValueError(f"--speaker-regex {self.speaker_regex!r} is not a regular expression: {err}") from None
-        for option, folders in (("--clean", self.clean_dirs), ("--noise", self.noise_dirs)):
+        if self.snr_range is not None:
+            low, high = (float(v) for v in self.snr_range)
+            if not (math.isfinite(low) and math.isfinite(high) and low <= high):
+                raise ValueError(f"--snr-range takes LOW HIGH in dB with LOW <= HIGH, got {self.snr_range}")
+        if self.mixtures_per_clean is not None and self.mixtures_per_clean < 1:
+            raise ValueError(f"--mixtures-per-clean must be at least 1, got {self.mixtures_per_clean}")
+        for option, value in (("--rir-prob", self.rir_prob), ("--simulate-rooms", self.simulate_rooms),
+                              ("--mic-eq", self.mic_eq), ("--clip", self.clip),
+                              ("--noise-transforms", self.noise_transforms),
+                              ("--synthetic-noise", self.synthetic_noise)):
+            if not 0 <= value <= 1:
+                raise ValueError(f"{option} is a fraction of mixtures in [0, 1], got {value:g}")
+        if self.rir_dir is not None and self.simulate_rooms + self.rir_prob > 1 + 1e-9:
+            raise ValueError(f"--rir-prob {self.rir_prob:g} + --simulate-rooms {self.simulate_rooms:g} exceed 1")
+        if self.reverb_target not in augment.TARGETS:
+            raise ValueError(f"--reverb-target must be one of {', '.join(augment.TARGETS)}, got {self.reverb_target!r}")
+        if self.simulate_rooms > 0:
+            try:
+                import pyroomacoustics  # noqa: F401
+            except ImportError:
+                raise ValueError("--simulate-rooms needs pyroomacoustics: pip install 'speech-enhance[reverb]'") from None
+        rir_folders = [("--rir", self.rir_dirs)] if self.rir_dir is not None else []
+        for option, folders in (("--clean", self.clean_dirs), ("--noise", self.noise_dirs), *rir_folders):
             if not folders:
                 raise ValueError(f"{option} needs at least one folder")
             for folder in folders:
@@ -77,6 +110,15 @@ class BuildConfig:
     @property
     def noise_dirs(self) -> list[str]:
         return _folders(self.noise_dir)
+
+    @property
+    def rir_dirs(self) -> list[str]:
+        return _folders(self.rir_dir) if self.rir_dir is not None else []
+
+    def variety(self) -> augment.Variety:
+        return augment.Variety(rir=self.rir_prob if self.rir_dir is not None else 0.0, rooms=self.simulate_rooms,
+                               target=self.reverb_target, mic_eq=self.mic_eq, clip=self.clip,
+                               noise_transforms=self.noise_transforms, synthetic_noise=self.synthetic_noise)
 
     def effective(self) -> dict:
         """The config as recorded in dataset.json (paths resolved, defaults filled)."""
@@ -96,7 +138,23 @@ class BuildConfig:
             "hop": dsp.HOP,
             "patch_frames": dsp.PATCH_FRAMES,
             "format_version": FORMAT_VERSION,
+            **self._variety_settings(),
         }
+
+    def _variety_settings(self) -> dict:
+        """The variety options in force; none in a plain build, whose dataset.json (and so
+        its up-to-date check) stays what it was before these options existed."""
+        out: dict = {}
+        if self.snr_range is not None:
+            out["snr_range"] = [float(v) for v in self.snr_range]
+        if self.mixtures_per_clean is not None:
+            out["mixtures_per_clean"] = self.mixtures_per_clean
+        if self.rir_dir is not None:
+            out["rir_dir"] = _resolved(self.rir_dir)
+        variety = self.variety()
+        if variety.enabled():
+            out["variety"] = variety.to_dict()
+        return out
 
 
 def default_rows_per_file(dtype: str) -> int:

@@ -17,7 +17,7 @@ import os
 import numpy as np
 import pyarrow.parquet as pq
 
-from speech_enhance.pipeline import audio, dsp, storage
+from speech_enhance.pipeline import audio, augment, dsp, storage
 
 FORMAT_VERSION = 1
 
@@ -39,7 +39,7 @@ def read_dataset_info(data_dir: str | os.PathLike) -> dict:
 
 # Loaded audio is cached per worker process: Ray reuses worker processes across tasks,
 # and consecutive mixtures share their clean file and draw from few noise files.
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=32)  # babble reads several utterances per mixture
 def _cached_clean(path: str) -> np.ndarray:
     return audio.load_clean(path)
 
@@ -49,15 +49,27 @@ def _cached_noise(path: str) -> np.ndarray:
     return audio.load_audio(path)
 
 
+@functools.lru_cache(maxsize=64)
+def load_rir(path: str) -> np.ndarray:
+    """A room impulse response file at 16 kHz, cut to its direct path (any format and rate)."""
+    try:
+        return augment.prepare_rir(audio.load_audio(path))
+    except ValueError as err:
+        raise audio.AudioError(path, str(err)) from None
+
+
 def render_row(row: dict) -> dsp.Mixture:
-    """Re-render one manifest row (a dict with the MixturePlan fields)."""
-    return dsp.render_mixture(
-        _cached_clean(row["clean_path"]),
-        _cached_noise(row["noise_path"]),
-        float(row["snr_db"]),
-        int(row["noise_offset"]),
-        float(row["level_db"]),
-    )
+    """Re-render one manifest row (a dict with the MixturePlan fields, and the
+    :mod:`~speech_enhance.pipeline.augment` fields in a build with variety)."""
+    clean = _cached_clean(row["clean_path"])
+    if "noise_kind" not in row:  # a plain mixture
+        return dsp.render_mixture(clean, _cached_noise(row["noise_path"]), float(row["snr_db"]),
+                                  int(row["noise_offset"]), float(row["level_db"]))
+    speech, target = augment.speech_and_target(clean, row, load_rir)
+    noise = augment.noise_segment(row, len(clean), _cached_noise, _cached_clean)
+    mic = list(row["mic_sos"])
+    speech, target, noise = (augment.apply_sos(x, mic) for x in (speech, target, noise))
+    return dsp.mix(speech, noise, float(row["snr_db"]), float(row["level_db"]), target, float(row["clip_level"]))
 
 
 def load_manifest(data_dir: str | os.PathLike) -> list[dict]:

@@ -95,11 +95,11 @@ def joint_gain(level_db: float, *signals: np.ndarray) -> float:
 
 @dataclass(frozen=True)
 class Mixture:
-    clean: np.ndarray  # float32, after the joint gain
+    clean: np.ndarray  # float32 training target, after the joint gain
     noise: np.ndarray  # the noise actually added, after the joint gain
-    noisy: np.ndarray  # clean + noise
+    noisy: np.ndarray  # speech + noise (clipped where the row says so)
     gain: float
-    measured_snr_db: float
+    measured_snr_db: float  # of the speech in the mixture over the noise added
 
 
 def render_mixture(
@@ -107,14 +107,28 @@ def render_mixture(
 ) -> Mixture:
     """Mix ``clean`` with ``noise`` at ``snr`` dB. Deterministic in its arguments alone,
     so a manifest row (offset, level) re-renders the mixture exactly."""
-    segment = fit_noise(noise, len(clean), noise_offset)
-    noise_added = scale_noise_to_snr(clean, segment, snr)
-    gain = joint_gain(level_db, clean + noise_added, clean, noise_added)
-    clean_g = (clean * gain).astype(np.float32, copy=False)
+    return mix(clean, fit_noise(noise, len(clean), noise_offset), snr, level_db)
+
+
+def mix(speech: np.ndarray, noise: np.ndarray, snr: float, level_db: float, target: np.ndarray | None = None,
+        clip_level: float = 0.0) -> Mixture:
+    """``speech`` plus ``noise`` (same length) scaled to ``snr`` dB against the speech, at
+    ``level_db``. ``target`` (default: the speech itself, e.g. the dry or early-reverb
+    version of reverberant speech) gets the same gain and is the mixture's clean signal.
+    ``clip_level`` > 0 clips the noisy signal at that fraction of its peak, as an
+    overdriven input does; the target stays unclipped."""
+    noise_added = scale_noise_to_snr(speech, noise, snr)
+    signals = (speech, noise_added) if target is None else (speech, noise_added, target)
+    gain = joint_gain(level_db, speech + noise_added, *signals)
+    speech_g = (speech * gain).astype(np.float32, copy=False)
     noise_g = (noise_added * gain).astype(np.float32, copy=False)
-    # noisy is defined as the float32 sum, so clean + noise == noisy holds bit for bit.
-    noisy_g = clean_g + noise_g
-    return Mixture(clean_g, noise_g, noisy_g, gain, snr_db(clean_g, noise_g))
+    # noisy is defined as the float32 sum, so speech + noise == noisy holds bit for bit.
+    noisy_g = speech_g + noise_g
+    if clip_level > 0:
+        peak = np.float32(clip_level * max(float(noisy_g.max()), -float(noisy_g.min())))
+        noisy_g = np.clip(noisy_g, -peak, peak)
+    target_g = speech_g if target is None else (target * gain).astype(np.float32, copy=False)
+    return Mixture(target_g, noise_g, noisy_g, gain, snr_db(speech_g, noise_g))
 
 
 # Made once: torch.hann_window took 0.2 ms a call, 2% of a build's time at two STFTs per

@@ -15,10 +15,11 @@ also recorded as a warning.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from speech_enhance.pipeline import augment
 from speech_enhance.pipeline.dsp import LEVEL_RANGE_DB, n_patches, noise_offset_range
 
 SPLITS = ("train", "val", "test")
@@ -71,6 +72,33 @@ class MixturePlan:
     seed: int
     n_samples: int
     n_patches: int
+    variety: dict = field(default_factory=dict)  # augment.draw's fields; empty in a plain build
+
+
+def _allot_files(paths: list[str], fractions: tuple[float, float, float], seed: int, salt: int, what: str,
+                 speakers: dict[str, list[str]], warnings: list[str]) -> dict[str, list[str]]:
+    """Files (noise, RIRs) split like speakers; a split with speakers but no file of its
+    own shares them all (recorded as a warning)."""
+    out = allot(paths, fractions, seed, salt)
+    for split in SPLITS:
+        if speakers[split] and not out[split]:
+            warnings.append(f"split {split!r} has no {what} file of its own: it shares all {what} files")
+            out[split] = paths
+    return out
+
+
+def _variants(utt_rng: np.random.Generator, choices: list[str], snrs: list[float], snr_range: tuple | None,
+              mixtures_per_clean: int | None) -> list[tuple[str, float | None]]:
+    """(noise file, SNR or None: drawn per mixture from ``snr_range``) of one utterance's mixtures."""
+    if mixtures_per_clean:
+        picks = utt_rng.integers(len(choices), size=mixtures_per_clean)
+        if snr_range:
+            return [(choices[i], None) for i in picks]
+        return [(choices[i], float(snrs[j])) for i, j in zip(picks, utt_rng.integers(len(snrs), size=len(picks)),
+                                                               strict=True)]
+    if snr_range:
+        return [(path, None) for path in choices]
+    return [(path, float(snr)) for path in choices for snr in snrs]
 
 
 def plan_mixtures(
@@ -81,12 +109,20 @@ def plan_mixtures(
     seed: int,
     noises_per_clean: int | None = None,
     split_noise: bool = True,
+    snr_range: tuple[float, float] | None = None,
+    mixtures_per_clean: int | None = None,
+    variety: augment.Variety | None = None,
+    rirs: list[SourceFile] | None = None,
 ) -> tuple[list[MixturePlan], dict[str, dict[str, list[str]]], list[str]]:
-    """Every clean utterance of a split × its noise files × every SNR.
+    """Every clean utterance of a split × its noise files × every SNR; or, with
+    ``mixtures_per_clean`` K, K mixtures per utterance, each with a noise file of the
+    split drawn at random; with ``snr_range`` each mixture draws its SNR uniformly from
+    it instead of taking every SNR of ``snrs``.
 
-    Returns (mixtures, assignment {"speakers": {split: [...]}, "noise": {...}}, warnings).
-    Each mixture's random choices (noise offset, output level) come from
-    ``default_rng([seed, mixture_id])`` alone, so they do not depend on execution order.
+    Returns (mixtures, assignment {"speakers": {split: [...]}, "noise": {...}[, "rir"]},
+    warnings). Each mixture's random choices (noise offset, output level, SNR, variety)
+    come from generators seeded by ``[seed, mixture_id]`` alone, so they do not depend
+    on execution order.
     """
     warnings: list[str] = []
     speakers = allot(sorted({c.speaker for c in clean}), fractions, seed, salt=1)
@@ -95,13 +131,12 @@ def plan_mixtures(
             warnings.append(f"split {split!r} has no speaker: too few speakers for the fractions {fractions}")
     noise_paths = sorted(n.path for n in noise)
     if split_noise:
-        noise_split = allot(noise_paths, fractions, seed, salt=2)
-        for split in SPLITS:
-            if speakers[split] and not noise_split[split]:
-                warnings.append(f"split {split!r} has no noise file of its own: it shares all noise files")
-                noise_split[split] = noise_paths
+        noise_split = _allot_files(noise_paths, fractions, seed, 2, "noise", speakers, warnings)
     else:
         noise_split = {split: noise_paths for split in SPLITS}
+    assignment = {"speakers": speakers, "noise": noise_split}
+    if rirs:
+        assignment["rir"] = _allot_files(sorted(r.path for r in rirs), fractions, seed, 4, "RIR", speakers, warnings)
     noise_by_path = {n.path: n for n in noise}
     mixtures: list[MixturePlan] = []
     for split in SPLITS:
@@ -109,32 +144,46 @@ def plan_mixtures(
         utterances = sorted((c for c in clean if c.speaker in split_speakers), key=lambda c: c.path)
         for utt_index, utt in enumerate(utterances):
             choices = noise_split[split]
-            if noises_per_clean is not None and noises_per_clean < len(choices):
-                pick = np.random.default_rng([seed, 3, SPLITS.index(split), utt_index])
-                choices = sorted(pick.choice(choices, size=noises_per_clean, replace=False).tolist())
-            for noise_path in choices:
+            utt_rng = np.random.default_rng([seed, 3, SPLITS.index(split), utt_index])
+            if not mixtures_per_clean and noises_per_clean is not None and noises_per_clean < len(choices):
+                choices = sorted(utt_rng.choice(choices, size=noises_per_clean, replace=False).tolist())
+            for noise_path, snr in _variants(utt_rng, choices, snrs, snr_range, mixtures_per_clean):
                 nz = noise_by_path[noise_path]
-                for snr in snrs:
-                    mixture_id = len(mixtures)
-                    rng = np.random.default_rng([seed, mixture_id])
-                    mixtures.append(
-                        MixturePlan(
-                            mixture_id=mixture_id,
-                            split=split,
-                            clean_path=utt.path,
-                            speaker=utt.speaker,
-                            noise_path=noise_path,
-                            noise_type=nz.speaker,
-                            snr_db=float(snr),
-                            noise_offset=int(rng.integers(0, noise_offset_range(nz.n_samples, utt.n_samples))),
-                            level_db=float(rng.uniform(*LEVEL_RANGE_DB)),
-                            seed=seed,
-                            n_samples=utt.n_samples,
-                            n_patches=n_patches(utt.n_samples),
-                        )
-                    )
-    return mixtures, {"speakers": speakers, "noise": noise_split}, warnings
+                mixture_id = len(mixtures)
+                rng = np.random.default_rng([seed, mixture_id])
+                plan = MixturePlan(
+                    mixture_id=mixture_id,
+                    split=split,
+                    clean_path=utt.path,
+                    speaker=utt.speaker,
+                    noise_path=noise_path,
+                    noise_type=nz.speaker,
+                    snr_db=snr if snr is not None else 0.0,
+                    noise_offset=int(rng.integers(0, noise_offset_range(nz.n_samples, utt.n_samples))),
+                    level_db=float(rng.uniform(*LEVEL_RANGE_DB)),
+                    seed=seed,
+                    n_samples=utt.n_samples,
+                    n_patches=n_patches(utt.n_samples),
+                )
+                # Draws beyond the plain ones use generators of their own, so a plain build's
+                # mixtures stay what they always were.
+                if snr is None:
+                    plan.snr_db = float(np.random.default_rng([seed, mixture_id, 1]).uniform(*snr_range))
+                if variety is not None and variety.enabled():
+                    plan.variety = augment.draw(
+                        np.random.default_rng([seed, mixture_id, 2]), variety, split, utt.n_samples, utt.speaker,
+                        [noise_by_path[p] for p in noise_split[split]], assignment.get("rir", {}).get(split, []),
+                        utterances)
+                    plan.noise_type = augment.noise_type(plan.variety, nz.speaker)
+                mixtures.append(plan)
+    return mixtures, assignment, warnings
 
 
 def as_rows(mixtures: list[MixturePlan]) -> list[dict]:
-    return [asdict(m) for m in mixtures]
+    """Manifest rows: the plan's fields, with the variety fields as columns of their own."""
+    rows = []
+    for m in mixtures:
+        row = asdict(m)
+        row.update(row.pop("variety"))
+        rows.append(row)
+    return rows

@@ -109,32 +109,79 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_enhance(args: argparse.Namespace) -> int:
-    import torch
+    import functools
 
-    from speech_enhance.model.enhance import enhance_paths
-    from speech_enhance.model.net import load_model
+    from speech_enhance.model.enhance import enhance_paths_parallel, latency_ms, stream_pcm
+    from speech_enhance.model.export import load_backend
 
-    if Path(args.out).exists() and not Path(args.out).is_dir():
+    pcm = args.inputs == ["-"]
+    if "-" in args.inputs and not pcm:
+        raise ValueError("'-' (PCM on stdin) cannot be combined with files")
+    if not pcm and args.out is None:
+        raise ValueError("--out is required: the folder for the enhanced files")
+    if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
         raise ValueError(f"--out {args.out}: is a file; give a folder for the enhanced files")
     if args.strength is not None and not 0 <= args.strength <= 1:
         raise ValueError(f"--strength must be in [0, 1], got {args.strength}")
-    model, meta = load_model(args.model)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    for option, value in (("--jobs", args.jobs), ("--threads", args.threads), ("--rate", args.rate),
+                          ("--channels", args.channels)):
+        if value is not None and value < 1:
+            raise ValueError(f"{option} must be at least 1, got {value}")
+    log = functools.partial(print, file=sys.stderr) if pcm else print  # stdout carries the audio
+    model_path = args.model
+    if model_path is None:
+        from speech_enhance.pretrained import default_model
+
+        model_path = default_model()
+        log(f"model: the pretrained model {model_path} (MODEL_CARD.md; --model overrides)")
+    model, meta = load_backend(model_path, args.backend, args.threads)
     strength = args.strength if args.strength is not None else float(meta.get("strength", 1.0))
     if args.strength is None:
         source = "chosen on validation data when it was trained" if "strength" in meta else "full mask"
-        print(f"strength {strength} (the model's default: {source}; --strength overrides)")
-    results = enhance_paths(model, args.inputs, args.out, strength=strength)
+        log(f"strength {strength} (the model's default: {source}; --strength overrides)")
+    if pcm:
+        latency = latency_ms(model)
+        log(f"streaming {args.channels}-channel 16-bit PCM at {args.rate} Hz, stdin to stdout"
+            + (f", algorithmic latency {latency:.0f} ms" if latency else " (this network needs the whole input)"))
+        stream_pcm(model, sys.stdin.buffer, sys.stdout.buffer, args.rate, args.channels, strength)
+        return 0
+    # Files run in parallel processes of one thread each, unless --threads asks for one process.
+    load = functools.partial(_loaded_model, str(model_path), args.backend, args.threads or 1)
+    results = enhance_paths_parallel(load, args.inputs, args.out, strength=strength, jobs=args.jobs or
+                                     (1 if args.threads else None))
     done = [r for r in results if not r.error]
     failed = [r for r in results if r.error]
     audio_s = sum(r.seconds_audio for r in done)
     wall_s = sum(r.seconds_wall for r in done)
-    print(f"enhanced {len(done)} file(s), {audio_s:.1f} s of audio in {wall_s:.1f} s "
+    print(f"enhanced {len(done)} file(s), {audio_s:.1f} s of audio in {wall_s:.1f} s of compute "
           f"(real-time factor {wall_s / max(audio_s, 1e-9):.3f}); {len(failed)} failed")
     for r in failed:
         print(f"  failed: {r.path}: {r.error}", file=sys.stderr)
     return 1 if failed or not done else 0
+
+
+def _loaded_model(path: str, backend: str, threads: int) -> object:
+    """The model alone (enhance's worker processes each load their own)."""
+    from speech_enhance.model.export import load_backend
+
+    return load_backend(path, backend, threads)[0]
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from speech_enhance.model.export import OnnxNet, export_onnx
+    from speech_enhance.model.net import load_model
+
+    model, meta = load_model(args.model)
+    export_onnx(model, args.onnx, meta)
+    # Check what was written: ONNX Runtime's mask against PyTorch's on random input.
+    mag = torch.rand(1, 1, 257, 200) * 2
+    with torch.no_grad():
+        error = float((OnnxNet(args.onnx)(mag) - model(mag)).abs().max())
+    print(f"wrote {args.onnx} ({Path(args.onnx).stat().st_size / 2**20:.1f} MiB, {meta['model_config']['arch']}); "
+          f"largest mask difference from PyTorch on random input: {error:.1e}")
+    return 0 if error < 1e-4 else 1
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -220,6 +267,32 @@ def build_parser() -> argparse.ArgumentParser:
     _option(p, "--rows-per-file", BuildConfig, "rows_per_file", "patch rows per Parquet file",
             default_text="about 128 MiB", type=int)
     _option(p, "--dtype", BuildConfig, "dtype", "storage type of the tensors", choices=["float32", "float16"])
+    variety = p.add_argument_group("variety (README \"Dataset variety\"; all off by default)")
+    _option(variety, "--snr-range", BuildConfig, "snr_range", "draw each mixture's SNR uniformly from LOW..HIGH dB "
+            "instead of taking every --snr", default_text="off", type=float, nargs=2, metavar=("LOW", "HIGH"))
+    _option(variety, "--mixtures-per-clean", BuildConfig, "mixtures_per_clean",
+            "K mixtures per utterance, each with a noise file of the split drawn at random "
+            "(instead of every noise file x SNR)", default_text="off", type=int, metavar="K")
+    _option(variety, "--rir", BuildConfig, "rir_dir", "folder(s) of room impulse responses (any format and rate)",
+            default_text="none", nargs="+", metavar="DIR")
+    _option(variety, "--rir-prob", BuildConfig, "rir_prob", "fraction of mixtures reverberated with an --rir file",
+            type=float, metavar="P")
+    _option(variety, "--simulate-rooms", BuildConfig, "simulate_rooms",
+            "fraction of mixtures reverberated in a simulated shoebox room (needs the reverb extra)",
+            type=float, metavar="P")
+    _option(variety, "--reverb-target", BuildConfig, "reverb_target",
+            "training target of reverberant mixtures: early (denoise, keep 50 ms of reflections) or dry "
+            "(denoise and dereverberate)", choices=["early", "dry"])
+    _option(variety, "--mic-eq", BuildConfig, "mic_eq", "fraction of mixtures with a random microphone response",
+            type=float, metavar="P")
+    _option(variety, "--clip", BuildConfig, "clip", "fraction of mixtures clipped at a random level",
+            type=float, metavar="P")
+    _option(variety, "--noise-transforms", BuildConfig, "noise_transforms",
+            "fraction of train mixtures whose noise gets a random EQ, slow gain modulation or a second noise file",
+            type=float, metavar="P")
+    _option(variety, "--synthetic-noise", BuildConfig, "synthetic_noise",
+            "fraction of train mixtures with coloured noise or babble of the split's other speakers instead",
+            type=float, metavar="P")
     p.add_argument("--overwrite", action="store_true", help="replace an existing or unfinished dataset")
     _add_address(p)
     p.set_defaults(func=cmd_build)
@@ -231,6 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "flags given here override it")
     _option(p, "--epochs", TrainConfig, "epochs", "maximum epochs", type=int)
     _option(p, "--patience", TrainConfig, "patience", "early-stopping patience in epochs", type=int)
+    _option(p, "--time-limit", TrainConfig, "time_limit",
+            "minutes of training in all (the epoch under way ends early, is validated and saved)",
+            default_text="none", type=float)
     _option(p, "--lr", TrainConfig, "lr", "AdamW learning rate", type=float)
     _option(p, "--weight-decay", TrainConfig, "weight_decay", "AdamW weight decay", type=float)
     _option(p, "--batch-size", TrainConfig, "batch_size", "patches per batch per worker", type=int)
@@ -263,14 +339,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("enhance", help="denoise audio files or folders of any length, rate and channels")
-    p.add_argument("inputs", nargs="+", help="audio files or folders (searched recursively)")
-    p.add_argument("--model", required=True, help="a model file (RUN_DIR/cnn_enhancer_best.pth)")
-    p.add_argument("--out", required=True, help="output folder (file names are kept)")
+    p.add_argument("inputs", nargs="+", help="audio files or folders (searched recursively); '-': raw 16-bit PCM "
+                                             "from stdin, enhanced to stdout as it arrives (see --rate)")
+    p.add_argument("--model", default=None, help="a model file (RUN_DIR/cnn_enhancer_best.pth) or, with "
+                                                 "--backend onnx, an exported .onnx (default: the pretrained model)")
+    p.add_argument("--out", default=None, help="output folder (file names are kept); not used with '-'")
     p.add_argument("--strength", type=float, default=None,
                    help="0 = unchanged ... 1 = full mask (default: the strength saved in the model file, "
                         "chosen on validation data at training, else 1)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--backend", choices=["torch", "onnx"], default="torch",
+                   help="run the network with PyTorch or with ONNX Runtime (the onnx extra; faster on CPU) "
+                        "(default: torch)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="files enhanced at once, each on one thread (default: every CPU when there are several files)")
+    p.add_argument("--rate", type=int, default=16000, help="sample rate of PCM on stdin (default: 16000)")
+    p.add_argument("--channels", type=int, default=1, help="channels of PCM on stdin (default: 1)")
     p.set_defaults(func=cmd_enhance)
+
+    p = sub.add_parser("export", help="export a model file to ONNX (network only; STFT outside)")
+    p.add_argument("model", help="a model file (RUN_DIR/cnn_enhancer_best.pth)")
+    p.add_argument("--onnx", required=True, help="ONNX file to write")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("tune", help="Ray Tune + Optuna + ASHA search over lr, widths, StepLR (resumes when re-run)")
     p.add_argument("--data", required=True, help="dataset folder from `build`")

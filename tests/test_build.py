@@ -207,3 +207,43 @@ def test_several_clean_folders_combine_with_speakers_named_per_folder(ray_sessio
     assert (manifest.groupby("speaker").split.nunique() == 1).all()
     config = json.loads((out / "dataset.json").read_text())["config"]
     assert config["clean_dir"] == [str(clean.resolve()), str(second.resolve())]
+
+
+VARIETY_ARGS = ["--snr-range", "-5", "20", "--mixtures-per-clean", "3", "--simulate-rooms", "0.4", "--rir-prob", "0.4",
+                "--mic-eq", "0.5", "--clip", "0.2", "--noise-transforms", "0.5", "--synthetic-noise", "0.4"]
+
+
+def test_varied_build_records_every_draw_and_re_renders_whatever_the_parallelism(ray_session, tiny_corpus, tmp_path):
+    """Acceptance of the variety options: the manifest holds every drawn parameter, the
+    measured SNR is the drawn one, a bad RIR is skipped with its reason, and the same
+    seed gives the same dataset however the files are cut."""
+    clean, noise = tiny_corpus
+    rirs = tmp_path / "rirs"
+    rirs.mkdir()
+    for k, rate in enumerate((16000, 44100)):
+        h = np.zeros(rate // 4, np.float32)
+        h[20 + k], h[rate // 40], h[rate // 10] = 0.9, 0.3, 0.1
+        sf.write(rirs / f"room{k}.wav", h, rate)
+    sf.write(rirs / "silent.wav", np.zeros(4000, np.float32), 16000)
+    args = ["build", "--clean", str(clean), "--noise", str(noise), "--rir", str(rirs), *VARIETY_ARGS]
+    out, other = tmp_path / "a", tmp_path / "b"
+    assert main([*args, "--out", str(out)]) == 0
+    assert main([*args, "--out", str(other), "--rows-per-file", "5"]) == 0
+    info = json.loads((out / "dataset.json").read_text())
+    assert [s["path"].rsplit("/", 1)[-1] for s in info["skipped"]] == ["silent.wav"]
+    assert "silent" in info["skipped"][0]["reason"]
+    assert info["config"]["snr_range"] == [-5.0, 20.0] and info["config"]["variety"]["rooms"] == 0.4
+    manifest = dataset.load_manifest(out)
+    assert {"rir_kind", "rir_path", "room_dims", "rt60", "mic_sos", "noise_sos", "clip_level", "noise_kind",
+            "babble_paths", "mod_depth", "noise2_path", "target"} <= set(manifest[0])
+    assert {r["rir_kind"] for r in manifest} == {"", "file", "room"}
+    assert all(abs(r["measured_snr_db"] - r["snr_db"]) < 0.1 for r in manifest)
+    a = pq.read_table(out / "manifest.parquet")
+    assert a.equals(pq.read_table(other / "manifest.parquet"))
+    for split in ("train", "val", "test"):
+        assert _patches(out, split).equals(_patches(other, split))
+    row = next(r for r in manifest if r["rir_kind"] == "room")
+    stored = _patches(out, row["split"])
+    stored = stored.filter(stored["mixture_id"].to_numpy() == row["mixture_id"])
+    np.testing.assert_array_equal(store.decode_column(stored, "noisy_mag"),
+                                  dsp.mixture_patches(dataset.render_row(row))["noisy_mag"])

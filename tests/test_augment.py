@@ -1,0 +1,168 @@
+"""Dataset variety (pipeline/augment.py) and its plan and render, without Ray."""
+
+import hashlib
+import json
+import math
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import make_tiny_corpus
+from scipy import signal
+
+from speech_enhance.pipeline import augment, dataset, dsp
+from speech_enhance.pipeline.plan import SPLITS, SourceFile, as_rows, plan_mixtures
+
+
+def _response_db(sos: list[float], hz: float) -> float:
+    _, h = signal.sosfreqz(np.reshape(sos, (-1, 6)), worN=[hz], fs=dsp.SAMPLE_RATE)
+    return 20 * math.log10(abs(h[0]))
+
+
+def test_biquads_have_their_textbook_responses():
+    assert _response_db(augment.biquad("lowpass", 1000), 10) == pytest.approx(0, abs=0.01)
+    assert _response_db(augment.biquad("lowpass", 1000), 1000) == pytest.approx(-3.01, abs=0.05)  # Q 0.707
+    assert _response_db(augment.biquad("highpass", 200), 6000) == pytest.approx(0, abs=0.01)
+    assert _response_db(augment.biquad("peaking", 2000, q=1, gain_db=6), 2000) == pytest.approx(6, abs=0.01)
+    assert _response_db(augment.biquad("lowshelf", 300, gain_db=-9), 20) == pytest.approx(-9, abs=0.1)
+    assert _response_db(augment.biquad("highshelf", 3000, gain_db=4), 7900) == pytest.approx(4, abs=0.1)
+    with pytest.raises(ValueError, match="unknown biquad"):
+        augment.biquad("notch", 100)
+
+
+def test_coloured_noise_has_its_slope_and_is_reproducible():
+    n = 16000 * 4
+    for beta in (0.0, 1.0, 2.0):
+        x = augment.coloured_noise(n, beta, seed=5)
+        np.testing.assert_array_equal(x, augment.coloured_noise(n, beta, seed=5))
+        assert math.sqrt(np.mean(x.astype(np.float64) ** 2)) == pytest.approx(1.0, rel=1e-4)
+        f, p = signal.welch(x, fs=dsp.SAMPLE_RATE, nperseg=4096)
+        band = (f > 100) & (f < 6000)
+        slope = np.polyfit(np.log10(f[band]), 10 * np.log10(p[band]), 1)[0]
+        assert slope == pytest.approx(-10 * beta, abs=1.0)  # dB per decade
+
+
+def test_prepare_rir_starts_at_the_direct_path_and_rejects_silence():
+    h = np.zeros(100, dtype=np.float32)
+    h[10], h[30] = -0.5, 0.2
+    out = augment.prepare_rir(h)
+    assert out[0] == 1.0 and len(out) == 90 and out[20] == pytest.approx(-0.4)
+    with pytest.raises(ValueError, match="silent"):
+        augment.prepare_rir(np.zeros(10))
+
+
+def test_reverberate_targets_dry_and_early():
+    clean = np.random.default_rng(0).standard_normal(4000).astype(np.float32)
+    h = np.zeros(2000, dtype=np.float32)
+    h[0], h[400], h[1500] = 1.0, 0.5, 0.25  # direct, 25 ms and 94 ms reflections
+    speech, dry = augment.reverberate(clean, h, "dry")
+    assert dry is clean
+    np.testing.assert_allclose(speech[1600:], clean[1600:] + 0.5 * clean[1200:-400] + 0.25 * clean[100:-1500],
+                               atol=1e-5)
+    _, early = augment.reverberate(clean, h, "early")
+    np.testing.assert_allclose(early[400:], clean[400:] + 0.5 * clean[:-400], atol=1e-5)
+
+
+def test_simulated_room_is_deterministic_and_decays():
+    room = augment.draw_room(np.random.default_rng(3))
+    h = augment.simulate_rir(room["room_dims"], room["rt60"], room["source_pos"], room["mic_pos"])
+    np.testing.assert_array_equal(h, augment.simulate_rir(room["room_dims"], room["rt60"], room["source_pos"],
+                                                          room["mic_pos"]))
+    assert h[0] == 1.0 and np.abs(h).argmax() == 0
+    tail = int(room["rt60"] * dsp.SAMPLE_RATE)
+    assert np.abs(h[tail // 2:]).max() < 0.5 and len(h) > tail // 2
+
+
+def _corpus(speakers=10, utts=2, noises=10):
+    clean = [SourceFile(f"/c/s{s}/u{u}.wav", f"s{s}", 20_000 + 1000 * u) for s in range(speakers) for u in range(utts)]
+    noise = [SourceFile(f"/n/t{n}/n{n}.wav", f"t{n}", 50_000) for n in range(noises)]
+    rirs = [SourceFile(f"/r/r{n}.wav", "r", 8000) for n in range(6)]
+    return clean, noise, rirs
+
+
+FULL = augment.Variety(rir=0.3, rooms=0.3, target="dry", mic_eq=0.5, clip=0.2, noise_transforms=0.5,
+                       synthetic_noise=0.4)
+
+
+def test_plan_with_variety_draws_per_mixture_and_keeps_made_up_noise_in_train():
+    clean, noise, rirs = _corpus()
+    kw = dict(snr_range=(-5.0, 20.0), mixtures_per_clean=3, variety=FULL, rirs=rirs)
+    mixtures, assignment, _ = plan_mixtures(clean, noise, [0.0], (0.8, 0.1, 0.1), seed=1, **kw)
+    again, _, _ = plan_mixtures(clean, noise, [0.0], (0.8, 0.1, 0.1), seed=1, **kw)
+    assert as_rows(mixtures) == as_rows(again)
+    rows = as_rows(mixtures)
+    assert len(rows) == 3 * len(clean)
+    assert all(set(augment.empty_fields()) <= set(r) for r in rows)
+    assert all(-5 <= r["snr_db"] <= 20 for r in rows) and len({r["snr_db"] for r in rows}) == len(rows)
+    for split in SPLITS:
+        rows_split = [r for r in rows if r["split"] == split]
+        assert {r["noise_path"] for r in rows_split} <= set(assignment["noise"][split])
+        assert {r["rir_path"] for r in rows_split if r["rir_kind"] == "file"} <= set(assignment["rir"][split])
+    kinds = {r["noise_kind"] for r in rows if r["split"] == "train"}
+    assert kinds == {"file", "coloured", "babble"}
+    assert all(r["noise_kind"] == "file" and not r["noise_sos"] and not r["noise2_path"]
+               for r in rows if r["split"] != "train")
+    speakers = {s: set(assignment["speakers"][s]) for s in SPLITS}
+    for r in rows:
+        if r["noise_kind"] == "babble":
+            talkers = {p.split("/")[2] for p in r["babble_paths"]}
+            assert talkers <= speakers["train"] and r["speaker"] not in talkers
+            assert r["noise_type"] == "babble"
+    assert {r["rir_kind"] for r in rows} == {"", "file", "room"}
+
+
+def test_plain_plan_is_unchanged_by_the_variety_code():
+    clean, noise, _ = _corpus()
+    rows = as_rows(plan_mixtures(clean, noise, [5.0, 0.0], (0.8, 0.1, 0.1), seed=2, noises_per_clean=2)[0])
+    assert "noise_kind" not in rows[0]
+    # The digest of the same plan made by the planner before variety existed.
+    digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
+    assert digest == "dba700aa1f8ab3d505475b9cae0135f450c71109289df10299fb9f4349b12938"
+
+
+@pytest.fixture(scope="module")
+def varied_rows(tmp_path_factory):
+    root = tmp_path_factory.mktemp("varied")
+    clean_dir, noise_dir = make_tiny_corpus(root, speakers=4, noises=3)
+    rir = root / "rir" / "room.wav"
+    rir.parent.mkdir()
+    h = np.zeros(4800, dtype=np.float32)
+    h[30], h[900], h[3000] = 0.8, 0.3, 0.1
+    sf.write(rir, h, 48000)  # another rate: resampled on load
+    from speech_enhance.pipeline import audio
+
+    clean = [SourceFile(str(p), p.parent.name, len(audio.load_clean(p))) for p in sorted(clean_dir.rglob("*.*"))]
+    noise = [SourceFile(str(p), p.parent.name, len(audio.load_audio(p))) for p in sorted(noise_dir.rglob("*.wav"))]
+    rirs = [SourceFile(str(rir), "room", len(audio.load_audio(rir)))]
+    mixtures, _, _ = plan_mixtures(clean, noise, [0.0], (0.6, 0.2, 0.2), seed=0, split_noise=False,
+                                   snr_range=(-5.0, 20.0), mixtures_per_clean=6, variety=FULL, rirs=rirs)
+    return as_rows(mixtures)
+
+
+def test_varied_mixtures_hit_their_snr_and_re_render_bit_for_bit(varied_rows):
+    seen = set()
+    for row in varied_rows:
+        mix = dataset.render_row(row)
+        again = dataset.render_row(dict(row))
+        for a, b in ((mix.noisy, again.noisy), (mix.clean, again.clean), (mix.noise, again.noise)):
+            np.testing.assert_array_equal(a, b)
+        assert mix.measured_snr_db == pytest.approx(row["snr_db"], abs=0.1)
+        assert np.isfinite(mix.noisy).all() and np.abs(mix.noisy).max() <= dsp.PEAK_CEILING
+        if not row["rir_kind"]:  # the target is the speech in the mixture
+            full = mix.clean + mix.noise
+            if row["clip_level"]:
+                ceiling = np.float32(row["clip_level"] * float(np.abs(full).max()))
+                assert np.abs(mix.noisy).max() == ceiling
+                full = np.clip(full, -ceiling, ceiling)
+            np.testing.assert_array_equal(mix.noisy, full)
+        seen |= {row["noise_kind"], row["rir_kind"]}
+    assert seen >= {"file", "coloured", "babble", "room", ""}
+
+
+def test_a_silent_rir_file_is_refused_with_a_reason(tmp_path):
+    bad = tmp_path / "bad.wav"
+    sf.write(bad, np.zeros(1000, dtype=np.float32), 16000)
+    from speech_enhance.pipeline import audio
+
+    with pytest.raises(audio.AudioError, match="silent"):
+        dataset.load_rir(str(bad))

@@ -1,0 +1,133 @@
+"""ONNX export and runtime, hop-by-hop streaming, PCM through a pipe, parallel folders."""
+
+import io
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from conftest import speech_like
+
+from speech_enhance.cli import main
+from speech_enhance.model import build_model, save_model
+from speech_enhance.model.enhance import (
+    StreamingEnhancer,
+    enhance_array,
+    enhance_paths,
+    enhance_paths_parallel,
+    latency_ms,
+    stream_pcm,
+)
+from speech_enhance.model.export import OnnxNet, export_onnx, load_backend
+from speech_enhance.model.net import ARCHITECTURES
+
+pytest.importorskip("onnxruntime")
+
+
+def _trained_like(arch: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    net = build_model(arch)
+    net.train()
+    net(torch.rand(2, 1, 257, 64) * 5)  # non-trivial BatchNorm statistics
+    return net.eval()
+
+
+def _noisy_speech(seconds: float = 3.0) -> np.ndarray:
+    rng = np.random.default_rng(4)
+    clean = speech_like(rng, seconds, 16000, 140)
+    return (clean + 0.05 * rng.standard_normal(len(clean))).astype(np.float32)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_onnx_runtime_matches_pytorch(arch, tmp_path):
+    net = _trained_like(arch)
+    export_onnx(net, tmp_path / "m.onnx", {"strength": 0.8})
+    runtime = OnnxNet(tmp_path / "m.onnx")
+    assert runtime.meta["strength"] == 0.8 and runtime.meta["model_config"]["arch"] == arch
+    for frames in (1, 64, 301):  # the frame count is dynamic
+        mag = torch.rand(1, 1, 257, frames) * 3
+        with torch.no_grad():
+            np.testing.assert_allclose(runtime(mag).numpy(), net(mag).numpy(), atol=1e-4)
+    x = _noisy_speech()
+    np.testing.assert_allclose(enhance_array(runtime, x, 0.9), enhance_array(net, x, 0.9), atol=1e-4)
+
+
+def test_streaming_network_streams_through_onnx_with_its_state(tmp_path):
+    net = _trained_like("crn")
+    runtime = OnnxNet(export_onnx(net, None))
+    assert runtime.streamable and len(runtime.meta["state_shapes"]) == 5
+    x = _noisy_speech(2.0)
+    stream = StreamingEnhancer(runtime, 1, segment=128)
+    out = np.concatenate([stream.push(x[None, i:i + 128]) for i in range(0, len(x), 128)] + [stream.finish()], 1)
+    np.testing.assert_allclose(out[0], enhance_array(net, x), atol=1e-4)
+
+
+@pytest.mark.parametrize("block", [128, 50])
+def test_hop_by_hop_stream_equals_offline(block):
+    """The real-time path: one hop (or less) in per call, state carried, offline result out."""
+    net = _trained_like("crn")
+    x = _noisy_speech(2.0)
+    stream = StreamingEnhancer(net, 1, segment=128)
+    parts = [stream.push(x[None, i:i + block]) for i in range(0, len(x), block)]
+    assert sum(p.shape[1] for p in parts) >= len(x) - 2000  # output keeps up with input, 40 ms behind
+    out = np.concatenate([*parts, stream.finish()], axis=1)[0]
+    np.testing.assert_allclose(out, enhance_array(net, x), atol=1e-4)
+    assert latency_ms(net, 128) == pytest.approx(40.0)
+    assert latency_ms(_trained_like("unet"), 128) == pytest.approx(8 + 24 * 8)
+    assert latency_ms(_trained_like("mask_cnn"), 128) == pytest.approx(8 + 10 * 8)
+
+
+def test_pcm_pipe_gives_the_offline_result():
+    net = _trained_like("crn")
+    x = _noisy_speech(1.5)
+    pcm = (np.clip(x, -1, 1) * 32767).round().astype("<i2")
+    sink = io.BytesIO()
+    assert stream_pcm(net, io.BytesIO(pcm.tobytes()), sink, strength=0.9) == len(x)
+    out = np.frombuffer(sink.getvalue(), "<i2").astype(np.float32) / 32768
+    expected = enhance_array(net, pcm.astype(np.float32) / 32768, 0.9)
+    assert len(out) == len(x)
+    np.testing.assert_allclose(out, expected, atol=3 / 32768)
+
+
+def test_export_command_and_onnx_backend_in_enhance(tmp_path, capsys):
+    net = _trained_like("crn")
+    save_model(tmp_path / "m.pth", net, strength=0.75)
+    assert main(["export", str(tmp_path / "m.pth"), "--onnx", str(tmp_path / "m.onnx")]) == 0
+    assert "largest mask difference" in capsys.readouterr().out
+    sf.write(tmp_path / "x.wav", _noisy_speech(), 16000, subtype="FLOAT")
+    for name, model, backend in (("torch", "m.pth", "torch"), ("onnx", "m.onnx", "onnx"), ("mem", "m.pth", "onnx")):
+        assert main(["enhance", str(tmp_path / "x.wav"), "--model", str(tmp_path / model), "--backend", backend,
+                     "--out", str(tmp_path / name)]) == 0
+        assert "strength 0.75" in capsys.readouterr().out
+    ref = sf.read(tmp_path / "torch" / "x.wav")[0]
+    for name in ("onnx", "mem"):
+        np.testing.assert_allclose(sf.read(tmp_path / name / "x.wav")[0], ref, atol=1e-4)
+    assert main(["enhance", str(tmp_path / "x.wav"), "--model", str(tmp_path / "m.onnx"),
+                 "--out", str(tmp_path / "o")]) == 1
+    assert "--backend onnx" in capsys.readouterr().err
+
+
+def test_folder_in_parallel_processes_equals_one_by_one(tmp_path):
+    net = _trained_like("crn")
+    save_model(tmp_path / "m.pth", net)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for k in range(3):
+        sf.write(folder / f"f{k}.wav", _noisy_speech(1.0 + k * 0.3), 16000, subtype="FLOAT")
+    (folder / "broken.wav").write_bytes(b"nope")
+    lines = []
+    import functools
+
+    load = functools.partial(_load, str(tmp_path / "m.pth"))
+    parallel = enhance_paths_parallel(load, [str(folder)], tmp_path / "par", jobs=2, log=lines.append)
+    serial = enhance_paths(net, [str(folder)], tmp_path / "ser", log=lambda *_: None)
+    assert sorted(r.path for r in parallel) == sorted(r.path for r in serial)
+    assert [r.path.rsplit("/", 1)[-1] for r in parallel if r.error] == ["broken.wav"]
+    assert sorted(line.split("]")[0] for line in lines) == ["[1/4", "[2/4", "[3/4", "[4/4"]
+    for k in range(3):
+        np.testing.assert_allclose(sf.read(tmp_path / "par" / "in" / f"f{k}.wav")[0],
+                                   sf.read(tmp_path / "ser" / "in" / f"f{k}.wav")[0], atol=1e-5)
+
+
+def _load(path: str):
+    return load_backend(path, "torch", 1)[0]
