@@ -4,7 +4,7 @@ checkpoint, and is scored by `evaluate` on the dataset's test split (unseen spea
 noise recordings), at full strength and at the strength `enhance` applies by default.
 
     python bench/ablation.py --data DATA --out DIR [--minutes 4] [--workers 2]
-        [--arch mask_cnn unet crn] [--loss mag_l1 cmag_mse cmag_mse_sisdr]
+        [--arch mask_cnn unet crn] [--loss mag_l1 cmag_mse cmag_mse_sisdr] [--rows ARCH:LOSS ...]
 
 Writes DIR/ablation.json and prints a Markdown table. Re-running skips finished rows.
 Parameters and MACs come from the model; RTF comes from `bench/rtf.py` (run alone).
@@ -74,17 +74,19 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--arch", nargs="+", default=["mask_cnn", "unet", "crn"])
     parser.add_argument("--loss", nargs="+", default=["mag_l1", "cmag_mse", "cmag_mse_sisdr"])
+    parser.add_argument("--rows", nargs="+", default=None, metavar="ARCH:LOSS",
+                        help="these rows instead of every --arch x --loss")
     parser.add_argument("--max-mixtures", type=int, default=200)
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    pairs = [r.split(":") for r in args.rows] if args.rows else [(a, lo) for a in args.arch for lo in args.loss]
     rows = []
-    for arch in args.arch:
-        for loss in args.loss:
-            rows.append(run_row(args.data, out, arch, loss, args.minutes, args.workers, args.max_mixtures))
-            (out / "ablation.json").write_text(json.dumps({"minutes": args.minutes, "data": args.data,
-                                                           "rows": rows}, indent=2))
-            print(table(rows), file=sys.stderr, flush=True)
+    for arch, loss in pairs:
+        rows.append(run_row(args.data, out, arch, loss, args.minutes, args.workers, args.max_mixtures))
+        (out / "ablation.json").write_text(json.dumps({"minutes": args.minutes, "data": args.data,
+                                                       "rows": rows}, indent=2))
+        print(table(rows), file=sys.stderr, flush=True)
     print(table(rows))
 
 
