@@ -41,8 +41,11 @@ def batches(path: str, iterator, batch_size: int, epoch: int):  # noqa: ANN001, 
                                        local_shuffle_buffer_size=SHUFFLE_BUFFER, local_shuffle_seed=epoch)
 
 
-def measure(path: str, data: str, batch_size: int, epochs: int) -> dict:
-    iterator = read_split(data, "train", shuffle_files=True).iterator()
+def measure(path: str, data: str, batch_size: int, epochs: int, materialize: bool = False) -> dict:
+    dataset = read_split(data, "train", shuffle_files=not materialize)
+    if materialize:  # read once into Ray's object store; block order shuffled per epoch
+        dataset = dataset.materialize().randomize_block_order()
+    iterator = dataset.iterator()
     rates, firsts = [], []
     for epoch in range(epochs):
         started = time.perf_counter()
@@ -64,6 +67,7 @@ def main() -> None:
     parser.add_argument("--data", required=True)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--materialize", action="store_true", help="also each path over the materialized split")
     parser.add_argument("--path", nargs="+", default=["patch_batches", "iter_torch_batches"],
                         choices=["patch_batches", "iter_torch_batches"])
     args = parser.parse_args()
@@ -74,6 +78,8 @@ def main() -> None:
                "date": time.strftime("%Y-%m-%d")}
     for path in args.path:
         results[path] = measure(path, args.data, args.batch_size, args.epochs)
+        if args.materialize:
+            results[f"{path}_materialized"] = measure(path, args.data, args.batch_size, args.epochs, True)
     print(json.dumps(results, indent=2))
 
 

@@ -275,24 +275,21 @@ def build_parser() -> argparse.ArgumentParser:
             "(instead of every noise file x SNR)", default_text="off", type=int, metavar="K")
     _option(variety, "--rir", BuildConfig, "rir_dir", "folder(s) of room impulse responses (any format and rate)",
             default_text="none", nargs="+", metavar="DIR")
-    _option(variety, "--rir-prob", BuildConfig, "rir_prob", "fraction of mixtures reverberated with an --rir file",
-            type=float, metavar="P")
-    _option(variety, "--simulate-rooms", BuildConfig, "simulate_rooms",
-            "fraction of mixtures reverberated in a simulated shoebox room (needs the reverb extra)",
-            type=float, metavar="P")
+    for flag, dest, text in (
+        ("--rir-prob", "rir_prob", "fraction of mixtures reverberated with an --rir file"),
+        ("--simulate-rooms", "simulate_rooms",
+         "fraction of mixtures reverberated in a simulated shoebox room (needs the reverb extra)"),
+        ("--mic-eq", "mic_eq", "fraction of mixtures with a random microphone response"),
+        ("--clip", "clip", "fraction of mixtures clipped at a random level"),
+        ("--noise-transforms", "noise_transforms",
+         "fraction of train mixtures whose noise gets a random EQ, slow gain modulation or a second noise file"),
+        ("--synthetic-noise", "synthetic_noise",
+         "fraction of train mixtures with coloured noise or babble of the split's other speakers instead"),
+    ):
+        _option(variety, flag, BuildConfig, dest, text, type=float, metavar="P")
     _option(variety, "--reverb-target", BuildConfig, "reverb_target",
             "training target of reverberant mixtures: early (denoise, keep 50 ms of reflections) or dry "
             "(denoise and dereverberate)", choices=["early", "dry"])
-    _option(variety, "--mic-eq", BuildConfig, "mic_eq", "fraction of mixtures with a random microphone response",
-            type=float, metavar="P")
-    _option(variety, "--clip", BuildConfig, "clip", "fraction of mixtures clipped at a random level",
-            type=float, metavar="P")
-    _option(variety, "--noise-transforms", BuildConfig, "noise_transforms",
-            "fraction of train mixtures whose noise gets a random EQ, slow gain modulation or a second noise file",
-            type=float, metavar="P")
-    _option(variety, "--synthetic-noise", BuildConfig, "synthetic_noise",
-            "fraction of train mixtures with coloured noise or babble of the split's other speakers instead",
-            type=float, metavar="P")
     p.add_argument("--overwrite", action="store_true", help="replace an existing or unfinished dataset")
     _add_address(p)
     p.set_defaults(func=cmd_build)
