@@ -6,7 +6,7 @@ checkpoint as ``cnn_enhancer_best.pth`` with ``history.csv``, ``loss_curve.png``
 ``config.json`` and ``results.json`` (test-split L1, identity-mask baseline).
 
 Each worker (``train_loop_per_worker``) streams its shard through
-``iter_torch_batches``, all-reduces the epoch's loss sums so every rank sees the same
+:func:`~speech_enhance.model.data.patch_batches`, all-reduces the epoch's loss sums so every rank sees the same
 validation loss and takes the same early-stopping decision (Train V2 needs every rank
 to call ``report`` equally often), and reports a checkpoint every epoch. Re-running
 the same command resumes from the latest checkpoint (Ray restores the run from
@@ -32,7 +32,7 @@ from ray.train.torch import TorchTrainer
 from torch import nn
 
 from speech_enhance.model.config import TrainConfig
-from speech_enhance.model.data import PatchCollate, read_split
+from speech_enhance.model.data import patch_batches, read_split
 from speech_enhance.model.evaluate import calibrate_strength, describe_strength, identity_l1, test_l1
 from speech_enhance.model.losses import LOSSES, Loss, get_loss
 from speech_enhance.model.net import build_model, complexity, model_config, save_model
@@ -157,16 +157,14 @@ def train_loop_per_worker(config: dict) -> None:
     for epoch in range(state["epoch"] + 1, config["epochs"] + 1):
         started = time.time()
         deadline = started + limit * 60 - state.get("train_seconds", 0.0) if limit else None
-        train_batches = train_shard.iter_torch_batches(
-            batch_size=config["batch_size"], collate_fn=PatchCollate(),
-            local_shuffle_buffer_size=config["shuffle_buffer"], local_shuffle_seed=config["seed"] + epoch,
-        )
+        train_batches = patch_batches(train_shard, config["batch_size"], config["shuffle_buffer"],
+                                      seed=config["seed"] + epoch)
         train_sums = _run_epoch(model, train_batches, device, optimizer, amp, loss_fn, deadline)
         train_seconds = time.time() - started
         state["train_seconds"] = state.get("train_seconds", 0.0) + train_seconds
         # Every rank stopped at the same step, so this is the same on all of them.
         out_of_time = deadline is not None and _past_deadline(deadline, device)
-        val_batches = val_shard.iter_torch_batches(batch_size=max(64, config["batch_size"]), collate_fn=PatchCollate())
+        val_batches = patch_batches(val_shard, max(64, config["batch_size"]))
         with torch.no_grad():
             val_sums = _run_epoch(model, val_batches, device, amp=amp, loss_fn=loss_fn)
         t_loss, t_patches, v_loss, v_patches = _all_reduce_sum([*train_sums, *val_sums], device)

@@ -160,6 +160,8 @@ def list_inputs(cfg: BuildConfig) -> tuple[list[dict], list[dict]]:
     """Discover the input files: (items to probe, files already skipped)."""
     items, skipped = [], []
     for kind, roots in (("clean", cfg.clean_dirs), ("noise", cfg.noise_dirs), ("rir", cfg.rir_dirs)):
+        if not roots:  # no --rir
+            continue
         labels = audio.folder_labels(roots)
         for root, label in zip(map(Path, roots), labels, strict=True):
             files = audio.discover_audio(root)
