@@ -11,6 +11,10 @@ and iterates it in the driver process, one `DataIterator` as a Train worker's sh
     iter_torch_batches Ray Data's iter_torch_batches with the PatchCollate collate function and
                        a 256-patch local shuffle buffer (what `train` used before)
 
+With --materialize each path also runs over the split held in Ray's object store, its
+block order shuffled per epoch: what `train` does when the splits fit
+(model.train.training_datasets).
+
 Prints JSON: per path, ``patches_per_s`` (median over the epochs after the first),
 ``first_batch_s`` (median time to the first batch of those epochs) and the first epoch's
 figures. Copy it into BENCHMARKS.md.
