@@ -241,6 +241,11 @@ def enhance_paths(model: nn.Module, inputs: list[str], out_dir: str | os.PathLik
     """Enhance files and folders (recursively) one after another; outputs keep their
     names under out_dir."""
     jobs, results = _file_jobs(inputs, out_dir)
+    return _enhance_jobs(model, jobs, results, strength, log)
+
+
+def _enhance_jobs(model: nn.Module, jobs: list[tuple[Path, Path]], results: list[FileResult], strength: float,
+                  log) -> list[FileResult]:  # noqa: ANN001
     for index, (src, dst) in enumerate(jobs, 1):
         results.append(enhance_file(model, src, dst, strength))
         _log_result(log, results[-1], index, len(jobs), dst)
@@ -272,7 +277,7 @@ def enhance_paths_parallel(load, inputs: list[str], out_dir: str | os.PathLike, 
     file_jobs, results = _file_jobs(inputs, out_dir)
     workers = max(1, min(jobs or os.cpu_count() or 1, len(file_jobs)))
     if workers == 1:
-        return enhance_paths(load(), inputs, out_dir, strength, log)
+        return _enhance_jobs(load(), file_jobs, results, strength, log)
     # spawn, not fork: a forked copy of a process that has run torch's thread pool can hang.
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                                 initializer=_start_worker, initargs=(load, 1)) as pool:

@@ -215,8 +215,8 @@ def draw(rng: np.random.Generator, variety: Variety, split: str, n_samples: int,
         fields["clip_level"] = float(rng.uniform(0.3, 0.9))
     if split != "train":
         return fields
-    others = [t for t in talkers if t.speaker != speaker]
     if rng.random() < variety.synthetic_noise:
+        others = [t for t in talkers if t.speaker != speaker]  # only here: O(talkers) per mixture
         if others and rng.random() < 0.5:
             count = int(rng.integers(*BABBLE_TALKERS))
             picked = [others[i] for i in rng.choice(len(others), size=min(count, len(others)), replace=False)]

@@ -142,6 +142,8 @@ def plan_mixtures(
     for split in SPLITS:
         split_speakers = set(speakers[split])
         utterances = sorted((c for c in clean if c.speaker in split_speakers), key=lambda c: c.path)
+        split_noises = [noise_by_path[p] for p in noise_split[split]]
+        split_rirs = assignment.get("rir", {}).get(split, [])
         for utt_index, utt in enumerate(utterances):
             choices = noise_split[split]
             utt_rng = np.random.default_rng([seed, 3, SPLITS.index(split), utt_index])
@@ -172,8 +174,7 @@ def plan_mixtures(
                 if variety is not None and variety.enabled():
                     plan.variety = augment.draw(
                         np.random.default_rng([seed, mixture_id, 2]), variety, split, utt.n_samples, utt.speaker,
-                        [noise_by_path[p] for p in noise_split[split]], assignment.get("rir", {}).get(split, []),
-                        utterances)
+                        split_noises, split_rirs, utterances)
                     plan.noise_type = augment.noise_type(plan.variety, nz.speaker)
                 mixtures.append(plan)
     return mixtures, assignment, warnings
