@@ -175,6 +175,8 @@ def describe_strength(choice: dict) -> str:
         f" (strength {s}, what `enhance` applies by default)"
     if choice["source"] == "default":
         return f"{head}; a fallback: the model file has no default strength and the dataset no validation split"
+    if "mixtures" not in choice:  # a model file saved with a strength but not how it was chosen
+        return f"{head}; the model file's default strength"
     rule = (f"the least limiting strength that keeps the STOI of {choice['mixtures']} validation mixtures at or "
             f"above the noisy input's by at least one standard error ({_describe_deltas(choice)})")
     if choice["source"] == "model file":
@@ -235,20 +237,24 @@ def _sort_key(group: str) -> tuple:
 
 
 def evaluate(data_dir: str, model_path: str, out_dir: str, max_mixtures: int | None = 200,
-             samples: int = 3, log=print) -> dict:  # noqa: ANN001
-    """Write metrics.json, report.md, figures and samples to ``out_dir``."""
+             samples: int = 3, log=print, split: str = "test") -> dict:  # noqa: ANN001
+    """Write metrics.json, report.md, figures and samples to ``out_dir``. ``split`` "val"
+    scores the validation split instead: what recipes and settings are chosen on, so the
+    test split is only read to report a choice already made."""
+    if split not in ("test", "val"):
+        raise ValueError(f"--split must be test or val, got {split!r}")
     started = time.time()
     info = read_dataset_info(data_dir)
     model, meta = load_model(model_path)
     out = Path(out_dir)
     (out / "samples").mkdir(parents=True, exist_ok=True)
     manifest = load_manifest(data_dir)
-    test_rows = [r for r in manifest if r["split"] == "test"]
+    test_rows = [r for r in manifest if r["split"] == split]
     if not test_rows:
-        raise ValueError(f"{data_dir}: the test split is empty; nothing to evaluate")
+        raise ValueError(f"{data_dir}: the {split} split is empty; nothing to evaluate")
     rows = pick_rows(test_rows, max_mixtures)
-    log(f"evaluating {len(rows)} of {len(test_rows)} test mixtures with {model_path}")
-    patch_loss = {"model": test_l1(model, data_dir), "identity_mask": identity_l1(data_dir, "test")}
+    log(f"evaluating {len(rows)} of {len(test_rows)} {split} mixtures with {model_path}")
+    patch_loss = {"model": test_l1(model, data_dir, split), "identity_mask": identity_l1(data_dir, split)}
     calibration = strength_for_evaluation(model, meta, data_dir, log)
     init_ray()
     hide_ray_data_progress()
@@ -266,6 +272,7 @@ def evaluate(data_dir: str, model_path: str, out_dir: str, max_mixtures: int | N
         "model_meta": {k: v for k, v in meta.items() if k != "format_version"},
         "data": str(data_dir),
         "dataset_config": info["config"],
+        "split": split,
         "test_mixtures": len(test_rows),
         "evaluated_mixtures": len(rows),
         "patch_l1": patch_loss,
@@ -349,6 +356,7 @@ def _table(groups: dict, label: str, strength: float) -> list[str]:
 
 def render_report(report: dict) -> str:
     o = report["overall"]
+    split_name = {"test": "test", "val": "validation"}[report.get("split", "test")]
     baselines = [b for b in BASELINES if not math.isnan(o[b]["si_sdr"])]
     best_baseline = max(baselines, key=lambda m: o[m]["si_sdr"])
     verdict = []
@@ -377,9 +385,9 @@ def render_report(report: dict) -> str:
         "",
         f"Model `{report['model']}` (epoch {report['model_meta'].get('epoch', '?')}, "
         f"{report['model_meta']['model_config']}) on `{report['data']}`: "
-        f"{report['evaluated_mixtures']} of {report['test_mixtures']} test mixtures, enhanced whole.",
+        f"{report['evaluated_mixtures']} of {report['test_mixtures']} {split_name} mixtures, enhanced whole.",
         "",
-        "## Patch loss (test split)",
+        f"## Patch loss ({split_name} split)",
         "",
         "| mask | L1 on magnitude patches |",
         "|---|---|",

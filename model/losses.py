@@ -11,9 +11,15 @@ on the noisy magnitude can reach, measured after overlap-add.
 - ``cmag_l1`` / ``cmag_mse``: L1 / MSE on power-law compressed magnitudes |·|^0.3
   (Wilson et al., 2018; the compression of DeepFilterNet's and many DNS entries' losses):
   quiet bins weigh more, as they do for the ear.
+- ``cmag_asym``: ``cmag_mse`` with the squared error of bins the mask suppresses below the
+  clean magnitude weighted ``OVER_SUPPRESSION`` times (the asymmetric loss of
+  VoiceFilter-Lite, Wang et al., 2020). A symmetric loss lets a network that cannot tell
+  speech from an unfamiliar noise shrink both; removed speech costs intelligibility,
+  leftover noise much less, so doubt should keep the speech.
 - ``sisdr``: negative SI-SDR of the patch waveforms, in dB.
-- ``cmag_mse_sisdr``: ``cmag_mse`` plus 0.001 × negative SI-SDR in dB (both about 0.01 at
-  the start of training): the spectral fit and the waveform measure people report.
+- ``cmag_mse_sisdr`` / ``cmag_asym_sisdr``: ``cmag_mse`` / ``cmag_asym`` plus 0.001 ×
+  negative SI-SDR in dB (both about 0.01 at the start of training): the spectral fit and
+  the waveform measure people report.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from speech_enhance.pipeline import dsp
 
 COMPRESSION = 0.3
 MAG_FLOOR = 1e-12  # keeps the gradient of x^0.3 finite at silent bins
+OVER_SUPPRESSION = 4.0  # cmag_asym: weight of a bin's squared error where enhanced < clean
 
 
 class Loss:
@@ -46,18 +53,23 @@ class MagnitudeL1(Loss):
 
 
 class CompressedMagnitude(Loss):
-    """Distance between ``|·|^power`` of the two magnitudes: ``kind`` "l1" or "mse"."""
+    """Distance between ``|·|^power`` of the two magnitudes: ``kind`` "l1", "mse", or
+    "asym" (MSE with the squared error of over-suppressed bins weighted ``over_suppression``)."""
 
-    def __init__(self, kind: str, power: float = COMPRESSION):
-        if kind not in ("l1", "mse"):
-            raise ValueError(f"kind must be l1 or mse, got {kind!r}")
-        self.kind, self.power = kind, power
+    def __init__(self, kind: str, power: float = COMPRESSION, over_suppression: float = OVER_SUPPRESSION):
+        if kind not in ("l1", "mse", "asym"):
+            raise ValueError(f"kind must be l1, mse or asym, got {kind!r}")
+        self.kind, self.power, self.over_suppression = kind, power, over_suppression
         self.name = f"cmag_{kind}"
 
     def __call__(self, enhanced: torch.Tensor, clean: torch.Tensor, phase: torch.Tensor | None = None
                  ) -> torch.Tensor:
         diff = enhanced.clamp_min(MAG_FLOOR).pow(self.power) - clean.clamp_min(MAG_FLOOR).pow(self.power)
-        return torch.mean(diff.abs() if self.kind == "l1" else diff.square())
+        if self.kind == "l1":
+            return torch.mean(diff.abs())
+        if self.kind == "asym":
+            return torch.mean(torch.where(diff < 0, self.over_suppression, 1.0) * diff.square())
+        return torch.mean(diff.square())
 
 
 def si_sdr(estimate: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -104,8 +116,10 @@ LOSSES: dict[str, Loss] = {loss.name: loss for loss in (
     MagnitudeL1(),
     CompressedMagnitude("l1"),
     CompressedMagnitude("mse"),
+    CompressedMagnitude("asym"),
     NegativeSISDR(),
     Sum("cmag_mse_sisdr", CompressedMagnitude("mse"), NegativeSISDR(), 1e-3),
+    Sum("cmag_asym_sisdr", CompressedMagnitude("asym"), NegativeSISDR(), 1e-3),
 )}
 
 
@@ -113,3 +127,4 @@ def get_loss(name: str) -> Loss:
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; choose from {', '.join(LOSSES)}")
     return LOSSES[name]
+

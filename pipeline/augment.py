@@ -10,7 +10,8 @@ Signal chain of one mixture (``n`` samples of clean speech)::
 
     speech = clean * RIR            (real RIR file or simulated shoebox room; optional)
     target = clean (dry) | clean * RIR[:direct + 50 ms] (early)      -- the training target
-    noise  = file segment [+ 2nd file at a ratio] | coloured noise | babble
+    noise  = file segment [+ 2nd file at a ratio] | babble | made up from a seed: coloured,
+             randomly shaped and gusting, impulsive (knocks, clatter, rain), tonal (hum, chirps)
              -> noise EQ -> slow gain modulation
     speech, target, noise -> microphone EQ (the same filter on all three)
     noise scaled to the SNR against the speech in the mixture; joint level gain
@@ -36,9 +37,12 @@ EARLY_MS = 50  # reflections within this of the direct path count as "early" (ta
 TARGETS = ("early", "dry")
 RT60_RANGE = (0.2, 0.9)  # seconds, simulated rooms
 MAX_IMAGE_ORDER = 32  # image-source order cap for simulated rooms (cost grows with its cube)
-NOISE_KINDS = ("file", "coloured", "babble")
-SYNTHETIC_TYPES = {"coloured": "synthetic-coloured", "babble": "babble"}
+# Made-up noise classes, each rendered from (n, seed) alone, drawn at equal odds after babble.
+GENERATED = ("coloured", "shaped", "impulses", "tonal")
+NOISE_KINDS = ("file", "babble", *GENERATED)
+SYNTHETIC_TYPES = {"babble": "babble", **{kind: f"synthetic-{kind}" for kind in GENERATED}}
 BABBLE_TALKERS = (3, 7)  # talkers per babble mixture: low inclusive, high exclusive
+BABBLE_SHARE = 0.3  # of synthetic-noise mixtures (crowds, cafés, markets: the commonest real noise)
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,7 @@ class Variety:
     mic_eq: float = 0.0  # fraction with a random microphone response (tilt, band limits)
     clip: float = 0.0  # fraction clipped at a random fraction of their peak
     noise_transforms: float = 0.0  # fraction of train mixtures with noise EQ/modulation/second noise
-    synthetic_noise: float = 0.0  # fraction of train mixtures with coloured noise or babble
+    synthetic_noise: float = 0.0  # fraction of train mixtures with babble or generated noise
 
     def enabled(self) -> bool:
         return any((self.rir, self.rooms, self.mic_eq, self.clip, self.noise_transforms, self.synthetic_noise))
@@ -126,6 +130,83 @@ def coloured_noise(n: int, beta: float, seed: int) -> np.ndarray:
     f[0] = f[1] if n > 1 else 1.0
     shaped = np.fft.irfft(spec * f ** (-beta / 2), n)
     return (shaped / max(np.sqrt(np.mean(shaped**2)), 1e-12)).astype(np.float32)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / max(float(np.sqrt(np.mean(x**2))), 1e-12)).astype(np.float32)
+
+
+def _slow_envelope(rng: np.random.Generator, n: int, hz: float, depth_db: float) -> np.ndarray:
+    """A random gain that wanders by about ±``depth_db`` at up to ``hz`` (gusts, waves, traffic)."""
+    knots = max(2, int(n / SAMPLE_RATE * hz) + 2)
+    db = np.interp(np.arange(n), np.linspace(0, n - 1, knots), rng.normal(0, depth_db / 2, knots))
+    return 10 ** (db / 20)
+
+
+def shaped_noise(n: int, seed: int) -> np.ndarray:
+    """Noise with a random smooth spectrum (±15 dB at eight log-spaced frequencies over a
+    random tilt), at random gusting slowly: wind, engines, fans, traffic, surf. Unit RMS."""
+    rng = np.random.default_rng(seed)
+    f = np.fft.rfftfreq(n, 1 / SAMPLE_RATE)
+    logf = np.log(np.maximum(f, 20.0))
+    knots = np.log(np.geomspace(40, SAMPLE_RATE / 2, 8))
+    db = np.interp(logf, knots, rng.uniform(-15, 15, 8)) - rng.uniform(-3, 6) * (logf - logf[-1]) / math.log(2)
+    noise = np.fft.irfft(np.fft.rfft(rng.standard_normal(n)) * 10 ** (db / 20), n)
+    if rng.random() < 0.6:
+        noise = noise * _slow_envelope(rng, n, rng.uniform(0.3, 4), rng.uniform(3, 15))
+    return _unit(noise)
+
+
+def impulsive_noise(n: int, seed: int) -> np.ndarray:
+    """Random transients over a quiet noise bed: damped resonances (dishes, cutlery, knocks)
+    or short filtered bursts (typing, footsteps, rain, applause, crackling fire), at
+    0.5-40 per second with levels spread over 20 dB. Unit RMS."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros(n + SAMPLE_RATE // 2)
+    rate = float(np.exp(rng.uniform(math.log(0.5), math.log(40))))
+    ringing = rng.random() < 0.5
+    centre = rng.uniform(300, 6000)  # each source has its own timbre; events vary around it
+    for start in np.flatnonzero(rng.random(n) < rate / SAMPLE_RATE):
+        if ringing:
+            length = int(rng.uniform(0.03, 0.4) * SAMPLE_RATE)
+            t = np.arange(length) / SAMPLE_RATE
+            freqs = centre * rng.uniform(0.5, 2, 3)
+            event = sum(np.sin(2 * math.pi * fr * t + rng.uniform(0, 6.3)) for fr in freqs)
+            event = event * np.exp(-t / rng.uniform(0.01, 0.15))
+        else:
+            length = int(rng.uniform(0.005, 0.06) * SAMPLE_RATE)
+            event = rng.standard_normal(length) * np.exp(-np.arange(length) / (length / 4))
+            low = min(centre * rng.uniform(0.3, 1), 7000)
+            event = signal.sosfilt(signal.butter(2, [low, min(low * rng.uniform(2, 8), 7900)], "bandpass",
+                                                 fs=SAMPLE_RATE, output="sos"), event)
+        event = event / max(float(np.abs(event).max()), 1e-12) * 10 ** (rng.uniform(-20, 0) / 20)
+        out[start:start + length] += event
+    bed = coloured_noise(n, float(rng.uniform(0, 2)), int(rng.integers(2**31)))
+    return _unit(_unit(out[:n]) + bed * 10 ** (rng.uniform(-35, -15) / 20))
+
+
+def tonal_noise(n: int, seed: int) -> np.ndarray:
+    """Tones over a noise bed: a drifting harmonic hum (motors, engines, hoovers) or trains
+    of chirps (birds, crickets, alarms, phones). Unit RMS."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n) / SAMPLE_RATE
+    if rng.random() < 0.5:
+        f0 = np.exp(rng.uniform(math.log(40), math.log(400))) * _slow_envelope(rng, n, 0.5, 1.0)
+        phase = 2 * math.pi * np.cumsum(f0) / SAMPLE_RATE
+        tones = sum(rng.uniform(0.2, 1) / k ** rng.uniform(0.5, 2) * np.sin(k * phase)
+                    for k in range(1, int(min(30, 7000 / f0.max())) + 1))
+    else:
+        centre, sweep = rng.uniform(1500, 7000), rng.uniform(-0.5, 0.5)
+        period, length = rng.uniform(0.05, 1.5), rng.uniform(0.01, 0.4)
+        within = np.mod(t + rng.uniform(0, period), period) / min(length, period)
+        freq = centre * (1 + sweep * np.clip(within, 0, 1))
+        tones = np.sin(2 * math.pi * np.cumsum(freq) / SAMPLE_RATE) * (within < 1)
+        tones = tones * _slow_envelope(rng, n, 1.0, 10.0)
+    bed = coloured_noise(n, float(rng.uniform(0, 2)), int(rng.integers(2**31)))
+    return _unit(_unit(np.asarray(tones)) + bed * 10 ** (rng.uniform(-30, -10) / 20))
+
+
+GENERATORS = {"shaped": shaped_noise, "impulses": impulsive_noise, "tonal": tonal_noise}  # and coloured_noise
 
 
 def babble(talkers: list[np.ndarray], n: int, offsets: list[int]) -> np.ndarray:
@@ -217,15 +298,16 @@ def draw(rng: np.random.Generator, variety: Variety, split: str, n_samples: int,
         return fields
     if rng.random() < variety.synthetic_noise:
         others = [t for t in talkers if t.speaker != speaker]  # only here: O(talkers) per mixture
-        if others and rng.random() < 0.5:
+        if others and rng.random() < BABBLE_SHARE:
             count = int(rng.integers(*BABBLE_TALKERS))
             picked = [others[i] for i in rng.choice(len(others), size=min(count, len(others)), replace=False)]
             fields.update(noise_kind="babble", babble_paths=[t.path for t in picked],
                           babble_offsets=[int(rng.integers(0, noise_offset_range(t.n_samples, n_samples)))
                                           for t in picked])
         else:
-            fields.update(noise_kind="coloured", noise_seed=int(rng.integers(2**31)),
-                          noise_color=float(rng.uniform(-1, 2)))
+            kind = GENERATED[int(rng.integers(len(GENERATED)))]
+            fields.update(noise_kind=kind, noise_seed=int(rng.integers(2**31)),
+                          noise_color=float(rng.uniform(-1, 2)) if kind == "coloured" else 0.0)
         if rng.random() < 0.5:  # modulated: a slowly swelling and fading noise
             fields.update(mod_depth=float(rng.uniform(0.3, 0.9)), mod_hz=float(rng.uniform(0.1, 2)),
                           mod_phase=float(rng.uniform(0, 2 * math.pi)))
@@ -263,6 +345,8 @@ def noise_segment(row: dict, n: int, load_noise, load_clean) -> np.ndarray:  # n
     kind = row["noise_kind"]
     if kind == "coloured":
         noise = coloured_noise(n, float(row["noise_color"]), int(row["noise_seed"]))
+    elif kind in GENERATORS:
+        noise = GENERATORS[kind](n, int(row["noise_seed"]))
     elif kind == "babble":
         noise = babble([load_clean(p) for p in row["babble_paths"]], n, list(row["babble_offsets"]))
     else:

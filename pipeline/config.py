@@ -45,7 +45,7 @@ class BuildConfig:
     mic_eq: float = 0.0  # fraction with a random microphone response
     clip: float = 0.0  # fraction clipped at a random fraction of their peak
     noise_transforms: float = 0.0  # fraction of train mixtures with noise EQ, modulation or a second noise
-    synthetic_noise: float = 0.0  # fraction of train mixtures with coloured noise or babble
+    synthetic_noise: float = 0.0  # fraction of train mixtures with babble or generated noise
     # Test hook, not part of the dataset config (also read from the environment variable
     # SPEECH_ENHANCE_FAULT_INJECTION as JSON): {"marker": path} makes the first file
     # job's worker process die once, before it writes, to exercise Ray's task retries;

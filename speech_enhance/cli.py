@@ -104,7 +104,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     if args.address:
         init_ray(args.address)
-    evaluate(args.data, args.model, args.out, max_mixtures=args.max_mixtures or None, samples=args.samples)
+    evaluate(args.data, args.model, args.out, max_mixtures=args.max_mixtures or None, samples=args.samples,
+             split=args.split)
     return 0
 
 
@@ -284,7 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("--noise-transforms", "noise_transforms",
          "fraction of train mixtures whose noise gets a random EQ, slow gain modulation or a second noise file"),
         ("--synthetic-noise", "synthetic_noise",
-         "fraction of train mixtures with coloured noise or babble of the split's other speakers instead"),
+         "fraction of train mixtures with babble of the split's other speakers or generated noise (coloured, shaped, "
+         "impulsive, tonal) instead"),
     ):
         _option(variety, flag, BuildConfig, dest, text, type=float, metavar="P")
     _option(variety, "--reverb-target", BuildConfig, "reverb_target",
@@ -329,8 +331,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="dataset folder (its test split is evaluated)")
     p.add_argument("--model", required=True, help="a model file (RUN_DIR/cnn_enhancer_best.pth)")
     p.add_argument("--out", required=True, help="report folder")
+    p.add_argument("--split", choices=["test", "val"], default="test",
+                   help="split to score: test (default) or val, to compare recipes and settings without "
+                        "reading the test split")
     p.add_argument("--max-mixtures", type=int, default=200,
-                   help="evaluate at most this many test mixtures, evenly spaced (0: all; default: 200)")
+                   help="evaluate at most this many mixtures, evenly spaced (0: all; default: 200)")
     p.add_argument("--samples", type=int, default=3, help="mixtures written as audio + spectrogram figures (default: 3)")
     _add_address(p)
     p.set_defaults(func=cmd_evaluate)

@@ -14,6 +14,7 @@ from speech_enhance.model.evaluate import (
     evaluate,
     strength_for_evaluation,
 )
+from speech_enhance.pipeline.dataset import load_manifest
 
 
 def test_choose_strength_takes_the_least_limiting_strength_that_keeps_stoi():
@@ -72,3 +73,18 @@ def test_evaluate_writes_report_with_every_method_and_a_validation_chosen_limit(
     sample = report["samples"][0]
     for kind in ("noisy", "enhanced", "clean", "figure"):
         assert (out / sample[kind]).is_file()
+
+
+@pytest.mark.timeout(300)
+def test_evaluate_scores_the_validation_split_when_asked(tiny_dataset, tmp_path):
+    model = build_model("mask_cnn", [8, 8, 8, 8]).eval()
+    save_model(tmp_path / "model.pth", model, epoch=1, val_loss=0.1, strength=1.0)
+    report = evaluate(str(tiny_dataset), str(tmp_path / "model.pth"), str(tmp_path / "report"), max_mixtures=2,
+                      samples=0, log=lambda *_: None, split="val")
+    manifest = load_manifest(str(tiny_dataset))
+    val_ids = {int(r["mixture_id"]) for r in manifest if r["split"] == "val"}
+    assert report["split"] == "val" and report["test_mixtures"] == len(val_ids)
+    assert {r["mixture_id"] for r in report["per_mixture"]} <= val_ids
+    assert "validation mixtures, enhanced whole" in (tmp_path / "report" / "report.md").read_text()
+    with pytest.raises(ValueError, match="--split must be test or val"):
+        evaluate(str(tiny_dataset), str(tmp_path / "model.pth"), str(tmp_path / "r2"), split="train")

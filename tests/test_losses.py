@@ -25,6 +25,17 @@ def test_compressed_magnitude_losses_compare_the_0_3_powers():
     assert get_loss("cmag_mse")(enhanced, clean).item() == pytest.approx((first**2 + second**2) / 2, rel=1e-5)
 
 
+def test_asymmetric_loss_weighs_removed_speech_four_times_leftover_noise():
+    # Bin 1 over-suppressed: 1^0.3 - 4^0.3 = -0.5157; bin 2 leftover noise: 16^0.3 - 1 = 1.2974.
+    enhanced, clean = _patch([1.0, 16.0]), _patch([4.0, 1.0])
+    under, over = 1 - 4 ** 0.3, 16 ** 0.3 - 1
+    expected = (4 * under**2 + over**2) / 2
+    assert get_loss("cmag_asym")(enhanced, clean).item() == pytest.approx(expected, rel=1e-5)
+    # The same error the other way round costs four times as much when it removes speech.
+    assert get_loss("cmag_asym")(_patch([1.0]), _patch([2.0])).item() == pytest.approx(
+        4 * get_loss("cmag_asym")(_patch([2.0]), _patch([1.0])).item(), rel=1e-5)
+
+
 def test_si_sdr_of_a_known_mixture():
     target = torch.tensor([[1.0, -1.0, 1.0, -1.0]])
     noise = torch.tensor([[1.0, 1.0, -1.0, -1.0]])  # orthogonal to the target, zero mean
@@ -46,6 +57,8 @@ def test_waveform_loss_is_negative_si_sdr_and_needs_the_phase():
     combined = get_loss("cmag_mse_sisdr")
     noisy = clean + torch.rand_like(clean)
     expected = get_loss("cmag_mse")(noisy, clean) + 1e-3 * loss(noisy, clean, phase)
+    assert get_loss("cmag_asym_sisdr")(noisy, clean, phase).item() == pytest.approx(
+        (get_loss("cmag_asym")(noisy, clean) + 1e-3 * loss(noisy, clean, phase)).item(), rel=1e-5)
     assert combined(noisy, clean, phase).item() == pytest.approx(expected.item(), rel=1e-6)
 
 
