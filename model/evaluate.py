@@ -249,11 +249,11 @@ def evaluate(data_dir: str, model_path: str, out_dir: str, max_mixtures: int | N
     out = Path(out_dir)
     (out / "samples").mkdir(parents=True, exist_ok=True)
     manifest = load_manifest(data_dir)
-    test_rows = [r for r in manifest if r["split"] == split]
-    if not test_rows:
+    split_rows = [r for r in manifest if r["split"] == split]
+    if not split_rows:
         raise ValueError(f"{data_dir}: the {split} split is empty; nothing to evaluate")
-    rows = pick_rows(test_rows, max_mixtures)
-    log(f"evaluating {len(rows)} of {len(test_rows)} {split} mixtures with {model_path}")
+    rows = pick_rows(split_rows, max_mixtures)
+    log(f"evaluating {len(rows)} of {len(split_rows)} {split} mixtures with {model_path}")
     patch_loss = {"model": test_l1(model, data_dir, split), "identity_mask": identity_l1(data_dir, split)}
     calibration = strength_for_evaluation(model, meta, data_dir, log)
     init_ray()
@@ -273,7 +273,7 @@ def evaluate(data_dir: str, model_path: str, out_dir: str, max_mixtures: int | N
         "data": str(data_dir),
         "dataset_config": info["config"],
         "split": split,
-        "test_mixtures": len(test_rows),
+        "test_mixtures": len(split_rows),  # the key predates --split: the mixtures of the split scored
         "evaluated_mixtures": len(rows),
         "patch_l1": patch_loss,
         "limited_strength": calibration,

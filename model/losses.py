@@ -127,4 +127,3 @@ def get_loss(name: str) -> Loss:
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; choose from {', '.join(LOSSES)}")
     return LOSSES[name]
-

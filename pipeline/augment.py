@@ -121,6 +121,11 @@ def gain_envelope(n: int, depth: float, hz: float, phase: float) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- synthetic noise
+def _unit(x: np.ndarray) -> np.ndarray:
+    """``x`` scaled to unit RMS (silence stays silent), as float32."""
+    return (x / max(float(np.sqrt(np.mean(x**2))), 1e-12)).astype(np.float32)
+
+
 def coloured_noise(n: int, beta: float, seed: int) -> np.ndarray:
     """Gaussian noise with a 1/f^beta power spectrum (0 white, 1 pink, 2 brown, -1
     blue), unit RMS, from ``seed`` alone."""
@@ -128,12 +133,7 @@ def coloured_noise(n: int, beta: float, seed: int) -> np.ndarray:
     spec = np.fft.rfft(white)
     f = np.fft.rfftfreq(n, 1 / SAMPLE_RATE)
     f[0] = f[1] if n > 1 else 1.0
-    shaped = np.fft.irfft(spec * f ** (-beta / 2), n)
-    return (shaped / max(np.sqrt(np.mean(shaped**2)), 1e-12)).astype(np.float32)
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return (x / max(float(np.sqrt(np.mean(x**2))), 1e-12)).astype(np.float32)
+    return _unit(np.fft.irfft(spec * f ** (-beta / 2), n))
 
 
 def _slow_envelope(rng: np.random.Generator, n: int, hz: float, depth_db: float) -> np.ndarray:

@@ -328,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="test loss, PESQ/STOI/SI-SDR against baselines, report with samples")
-    p.add_argument("--data", required=True, help="dataset folder (its test split is evaluated)")
+    p.add_argument("--data", required=True, help="dataset folder (its test split is evaluated, or --split)")
     p.add_argument("--model", required=True, help="a model file (RUN_DIR/cnn_enhancer_best.pth)")
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--split", choices=["test", "val"], default="test",
