@@ -233,23 +233,35 @@ class CRN(MaskNet):
     halve frequency (257 → 17 bins), each seeing the current and the previous frame; a
     GRU over time on the flattened bottleneck; a frame-wise decoder with skip connections
     (:class:`_Decoder`); a sigmoid mask. Nothing looks ahead, so it runs in real time, frame
-    by frame, with its state (the GRU's and each conv's last frame) carried between calls."""
+    by frame, with its state (the GRU's and each conv's last frame) carried between calls.
+
+    ``bands`` > 0 runs it on that many frequency bands instead of the 257 bins
+    (:func:`dsp.band_matrix`: the low bins as they are, ERB bands above, as RNNoise,
+    GTCRN and DeepFilterNet do): the network sees band-averaged magnitudes and its band
+    gains are interpolated back to the bins. The convolutions then run on half as many
+    frequencies, which leaves compute for a wider GRU."""
 
     name = "crn"
     # Narrow first layers: they run at 129 and 65 bins, where most of the time goes.
     DEFAULT_WIDTHS = (8, 16, 32, 32)
-    DEFAULTS = {"widths": list(DEFAULT_WIDTHS), "hidden": 192}
+    DEFAULTS = {"widths": list(DEFAULT_WIDTHS), "hidden": 192, "bands": 0}
     past_frames = math.inf
     future_frames = 0
 
-    def __init__(self, widths: tuple[int, ...] | list[int] = DEFAULT_WIDTHS, hidden: int = 192):
-        widths, hidden = _positive("crn", widths, 4), int(hidden)
+    def __init__(self, widths: tuple[int, ...] | list[int] = DEFAULT_WIDTHS, hidden: int = 192, bands: int = 0):
+        widths, hidden, bands = _positive("crn", widths, 4), int(hidden), int(bands)
         if hidden < 1:
             raise ValueError(f"crn hidden size must be positive, got {hidden}")
-        super().__init__(widths=widths, hidden=hidden)
+        if bands and (bands < 33 or (bands - 1) % 16):  # four halvings, then the decoder's 2F - 1
+            raise ValueError(f"crn bands must be 0 (all {dsp.N_BINS} bins) or 16k + 1 ≥ 33, e.g. 129; got {bands}")
+        super().__init__(widths=widths, hidden=hidden, bands=bands)
+        if bands:  # fixed, rebuilt from the config: not saved with the weights
+            to_bins = torch.tensor(dsp.band_matrix(bands), dtype=torch.float32)
+            self.register_buffer("to_bins", to_bins, persistent=False)
+            self.register_buffer("to_bands", (to_bins / to_bins.sum(0)).T.contiguous(), persistent=False)
         chans = [1, *widths]
         self.encoder = nn.ModuleList(_CausalDown(a, b) for a, b in zip(chans[:-1], chans[1:], strict=True))
-        bottleneck = widths[-1] * 17
+        bottleneck = widths[-1] * (((bands or dsp.N_BINS) - 1) // 16 + 1)  # 257 → 17 bins, 129 → 9
         self.rnn = nn.GRU(bottleneck, hidden, batch_first=True)
         self.project = nn.Linear(hidden, bottleneck)
         self.decoder = _Decoder(widths)
@@ -263,7 +275,8 @@ class CRN(MaskNet):
 
     def stream(self, noisy_mag: torch.Tensor, state: object | None) -> tuple[torch.Tensor, object]:
         caches, hidden = state if state is not None else ([None] * len(self.encoder), None)
-        x = self.features(noisy_mag)
+        bands = self._config["bands"]
+        x = self.features(self.to_bands @ noisy_mag if bands else noisy_mag)
         skips, new_caches = [], []
         for layer, cache in zip(self.encoder, caches, strict=True):
             x, cache = layer(x, cache)
@@ -272,7 +285,8 @@ class CRN(MaskNet):
         b, c, f, t = x.shape
         seq, hidden = self.rnn(x.reshape(b, c * f, t).transpose(1, 2), hidden)
         x = self.project(seq).transpose(1, 2).reshape(b, c, f, t)
-        return self.decoder(x, skips), (new_caches, hidden)
+        mask = self.decoder(x, skips)
+        return (self.to_bins @ mask if bands else mask), (new_caches, hidden)
 
     def flat_state(self, state: object) -> list[torch.Tensor]:
         caches, hidden = state
@@ -280,6 +294,19 @@ class CRN(MaskNet):
 
     def unflat_state(self, tensors: list[torch.Tensor]) -> object:
         return list(tensors[:-1]), tensors[-1]
+
+
+@register
+class BandCRN(CRN):
+    """The CRN on 129 bands (0-2 kHz bin by bin, 64 ERB bands above) with a 256-unit GRU:
+    a wider GRU for a fifth fewer MACs than ``crn``, and a gain that is smooth above 2 kHz."""
+
+    name = "crn_erb"
+    DEFAULTS = {"widths": list(CRN.DEFAULT_WIDTHS), "hidden": 256, "bands": 129}
+
+    def __init__(self, widths: tuple[int, ...] | list[int] = CRN.DEFAULT_WIDTHS, hidden: int = 256,
+                 bands: int = 129):
+        super().__init__(widths, hidden, bands)
 
 
 def _architecture(arch: str) -> type[MaskNet]:
@@ -329,6 +356,8 @@ def complexity(model: nn.Module, seconds: float = 1.0) -> dict:
         elif isinstance(module, nn.GRU):
             steps = out.shape[0] * out.shape[1]
             macs[0] += steps * 3 * module.hidden_size * (module.input_size + module.hidden_size)
+    # A band network's fixed bins ↔ bands matrices, once each per frame.
+    macs[0] += sum(b.numel() for n, b in model.named_buffers() if n in ("to_bins", "to_bands")) * frames
 
     hooks = [m.register_forward_hook(count) for m in model.modules()
              if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.GRU))]

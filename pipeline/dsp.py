@@ -220,3 +220,37 @@ def mixture_patches(mix: Mixture) -> dict[str, np.ndarray]:
     noisy_mag, noisy_phase = spectrum_patches(mix.noisy, with_phase=True)
     clean_mag, _ = spectrum_patches(mix.clean)
     return {"noisy_mag": noisy_mag, "clean_mag": clean_mag, "noisy_phase": noisy_phase}
+
+
+def _erb_rate(hz: np.ndarray | float) -> np.ndarray:
+    """Glasberg & Moore's ERB-rate scale (ERBs below ``hz``)."""
+    return 21.4 * np.log10(1.0 + 0.00437 * np.asarray(hz, dtype=np.float64))
+
+
+def band_matrix(n_bands: int) -> np.ndarray:
+    """Interpolation from ``n_bands`` frequency bands to the 257 STFT bins, [257, n_bands].
+
+    The lower half of the bands (``n_bands // 2 + 1``) are the lowest bins themselves, where
+    speech's harmonics sit; the rest have centres equally spaced on the ERB-rate scale up to
+    8 kHz, as GTCRN and DeepFilterNet group the high band. Each bin takes a linear
+    interpolation between the two band centres around it, so every row sums to 1: a gain
+    per band in [0, 1] becomes a smooth gain per bin in [0, 1]. Normalise the columns of
+    its transpose to average bins into bands."""
+    if not 2 <= n_bands < N_BINS:
+        raise ValueError(f"band count must be between 2 and {N_BINS - 1}, got {n_bands}")
+    linear = n_bands // 2 + 1
+    if linear >= n_bands:
+        raise ValueError(f"band count {n_bands} leaves no ERB bands")
+    bin_hz = SAMPLE_RATE / N_FFT
+    lo, hi = _erb_rate((linear - 1) * bin_hz), _erb_rate(SAMPLE_RATE / 2)
+    rates = lo + (hi - lo) * np.arange(1, n_bands - linear + 1) / (n_bands - linear)
+    erb_centres = (10 ** (rates / 21.4) - 1.0) / 0.00437 / bin_hz
+    centres = np.concatenate([np.arange(linear, dtype=np.float64), erb_centres])
+    if np.any(np.diff(centres) < 1.0):
+        raise ValueError(f"{n_bands} bands are too many: ERB bands would be narrower than one bin")
+    weights = np.zeros((N_BINS, n_bands))
+    for b in range(N_BINS):
+        j = min(int(np.searchsorted(centres, b, side="right")) - 1, n_bands - 2)
+        frac = (b - centres[j]) / (centres[j + 1] - centres[j])
+        weights[b, j], weights[b, j + 1] = 1.0 - frac, frac
+    return weights

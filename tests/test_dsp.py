@@ -107,3 +107,20 @@ def test_mixture_patch_count_matches_plan():
     assert {k: v.shape for k, v in patches.items()} == {
         k: (dsp.n_patches(30_000), 257, 64) for k in ("noisy_mag", "clean_mag", "noisy_phase")
     }
+
+
+def test_band_matrix_keeps_low_bins_and_interpolates_erb_bands():
+    w = dsp.band_matrix(129)
+    assert w.shape == (257, 129) and w.min() >= 0
+    np.testing.assert_allclose(w.sum(axis=1), 1.0)  # a gain in [0, 1] per band stays one per bin
+    np.testing.assert_array_equal(w[:65, :65], np.eye(65))  # 0-2 kHz: bin by bin
+    width = (w > 0).sum(axis=0)  # bins each band touches grow with frequency (ERB)
+    assert width[65] <= 3 and width[-2] >= 9 and np.all(np.diff(width[66:-1]) >= -1)
+    assert w[256, 128] == pytest.approx(1.0)  # the last band ends at 8 kHz
+    band_gain = np.linspace(0.0, 1.0, 129)
+    bin_gain = w @ band_gain
+    assert np.all(np.diff(bin_gain) >= 0)  # interpolation, no overshoot
+    with pytest.raises(ValueError, match="narrower than one bin"):
+        dsp.band_matrix(250)
+    with pytest.raises(ValueError, match="between 2 and"):
+        dsp.band_matrix(257)

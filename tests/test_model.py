@@ -43,6 +43,22 @@ def test_widths_are_configurable():
         build_model("transformer")
     with pytest.raises(ValueError, match="takes no option"):
         build_model("mask_cnn", hidden=3)
+    with pytest.raises(ValueError, match="crn bands must be"):
+        build_model("crn", bands=100)  # four halvings need 16k + 1 bands
+
+
+def test_band_crn_gain_is_smooth_above_2khz():
+    """crn_erb's mask is its band gains interpolated: above 2 kHz each bin lies between its
+    neighbours, so no single bin is cut out of a band."""
+    torch.manual_seed(0)
+    model = build_model("crn_erb").eval()
+    with torch.no_grad():
+        mask = model(torch.rand(1, 1, 257, 20) * 3)[0, 0]
+    assert complexity(model)["macs_per_second"] < complexity(build_model("crn"))["macs_per_second"]
+    step = mask[65:].diff(dim=0)
+    assert step.abs().max() < mask[:65].diff(dim=0).abs().max()
+    turns = (step[1:] * step[:-1] < 0).sum(dim=0)  # direction changes only at band centres
+    assert int(turns.max()) <= 63
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
@@ -94,7 +110,7 @@ def test_the_crn_streams_chunk_by_chunk_as_it_runs_whole():
 
 def test_default_architectures_fit_the_budget():
     """At most 1 M parameters for the networks meant to be trained by default."""
-    for arch in ("crn", "unet"):
+    for arch in ("crn", "crn_erb", "unet"):
         size = complexity(build_model(arch))
         assert size["parameters"] <= 1_000_000, (arch, size)
         assert 0 < size["macs_per_second"] < complexity(build_model("mask_cnn"))["macs_per_second"]
