@@ -88,6 +88,7 @@ class OnnxNet:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
         source = model if isinstance(model, bytes) else str(model)
+        self.source = source  # what a worker process rebuilds it from, without exporting again
         self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         props = self.session.get_modelmeta().custom_metadata_map
         if METADATA_KEY not in props:

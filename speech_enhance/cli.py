@@ -147,7 +147,12 @@ def cmd_enhance(args: argparse.Namespace) -> int:
         stream_pcm(model, sys.stdin.buffer, sys.stdout.buffer, args.rate, args.channels, strength)
         return 0
     # Files run in parallel processes of one thread each, unless --threads asks for one process.
-    load = functools.partial(_loaded_model, str(model_path), args.backend, args.threads or 1)
+    if args.backend == "onnx":  # workers take the graph exported here, not a model file to export again
+        from speech_enhance.model.export import OnnxNet
+
+        load = functools.partial(OnnxNet, model.source, args.threads or 1)
+    else:
+        load = functools.partial(_loaded_model, str(model_path), args.backend, args.threads or 1)
     results = enhance_paths_parallel(load, args.inputs, args.out, strength=strength, jobs=args.jobs or
                                      (1 if args.threads else None))
     done = [r for r in results if not r.error]

@@ -131,3 +131,33 @@ def test_folder_in_parallel_processes_equals_one_by_one(tmp_path):
 
 def _load(path: str):
     return load_backend(path, "torch", 1)[0]
+
+
+def test_parallel_onnx_workers_take_the_graph_exported_once(tmp_path, monkeypatch):
+    net = _trained_like("crn")
+    save_model(tmp_path / "m.pth", net)
+    for k in range(2):
+        sf.write(tmp_path / f"x{k}.wav", _noisy_speech(1.0 + k), 16000, subtype="FLOAT")
+    import speech_enhance.model.enhance as enhance_module
+    from speech_enhance.model import export
+
+    loads = []
+    real = enhance_module.enhance_paths_parallel
+
+    def spy(load, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        loads.append(load)
+        return real(load, *args, **kwargs)
+
+    monkeypatch.setattr(enhance_module, "enhance_paths_parallel", spy)
+    files = [str(tmp_path / f"x{k}.wav") for k in range(2)]
+    assert main(["enhance", *files, "--model", str(tmp_path / "m.pth"), "--backend", "onnx", "--jobs", "2",
+                 "--out", str(tmp_path / "out")]) == 0
+    for k in range(2):
+        expected = enhance_array(net, sf.read(tmp_path / f"x{k}.wav", dtype="float32")[0])
+        np.testing.assert_allclose(sf.read(tmp_path / "out" / f"x{k}.wav")[0], expected, atol=1e-4)
+
+    def no_export(*_, **__):  # noqa: ANN002, ANN003
+        raise AssertionError("a worker exported the model again")
+
+    monkeypatch.setattr(export, "export_onnx", no_export)
+    assert isinstance(loads[0](), OnnxNet)  # what each worker runs: no second export
