@@ -227,6 +227,11 @@ def _erb_rate(hz: np.ndarray | float) -> np.ndarray:
     return 21.4 * np.log10(1.0 + 0.00437 * np.asarray(hz, dtype=np.float64))
 
 
+def _erb_hz(rate: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`_erb_rate`."""
+    return (10 ** (rate / 21.4) - 1.0) / 0.00437
+
+
 def band_matrix(n_bands: int) -> np.ndarray:
     """Interpolation from ``n_bands`` frequency bands to the 257 STFT bins, [257, n_bands].
 
@@ -244,13 +249,12 @@ def band_matrix(n_bands: int) -> np.ndarray:
     bin_hz = SAMPLE_RATE / N_FFT
     lo, hi = _erb_rate((linear - 1) * bin_hz), _erb_rate(SAMPLE_RATE / 2)
     rates = lo + (hi - lo) * np.arange(1, n_bands - linear + 1) / (n_bands - linear)
-    erb_centres = (10 ** (rates / 21.4) - 1.0) / 0.00437 / bin_hz
-    centres = np.concatenate([np.arange(linear, dtype=np.float64), erb_centres])
+    centres = np.concatenate([np.arange(linear, dtype=np.float64), _erb_hz(rates) / bin_hz])
     if np.any(np.diff(centres) < 1.0):
         raise ValueError(f"{n_bands} bands are too many: ERB bands would be narrower than one bin")
+    bins = np.arange(N_BINS)
+    below = np.minimum(np.searchsorted(centres, bins, side="right") - 1, n_bands - 2)  # centre at or below
+    frac = (bins - centres[below]) / (centres[below + 1] - centres[below])
     weights = np.zeros((N_BINS, n_bands))
-    for b in range(N_BINS):
-        j = min(int(np.searchsorted(centres, b, side="right")) - 1, n_bands - 2)
-        frac = (b - centres[j]) / (centres[j + 1] - centres[j])
-        weights[b, j], weights[b, j + 1] = 1.0 - frac, frac
+    weights[bins, below], weights[bins, below + 1] = 1.0 - frac, frac
     return weights
