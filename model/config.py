@@ -25,6 +25,9 @@ class TrainConfig:
     lr: float = 1e-3  # AdamW learning rate
     weight_decay: float = 1e-2  # AdamW weight decay
     batch_size: int = 16  # patches per batch per worker
+    # Consecutive patches of one mixture joined into each training example: a recurrent
+    # network then learns from (and carries its state over) that many 0.5 s patches.
+    sequence: int = 1
     arch: str = "mask_cnn"  # network (model.net.ARCHITECTURES)
     widths: list[int] | None = None  # channel widths; None: the architecture's default
     model_options: dict | None = None  # other constructor arguments, e.g. {"hidden": 256} for crn
@@ -57,6 +60,9 @@ class TrainConfig:
             ("--weight-decay", self.weight_decay, self.weight_decay >= 0 and math.isfinite(self.weight_decay),
              "zero or positive"),
             ("--batch-size", self.batch_size, self.batch_size >= 1, "at least 1"),
+            ("--sequence", self.sequence, self.sequence >= 1, "at least 1"),
+            ("--batch-size", self.batch_size, self.batch_size % max(self.sequence, 1) == 0,
+             f"a multiple of --sequence ({self.sequence})"),
             ("--step-size", self.step_size, self.step_size is None or self.step_size >= 1, "at least 1"),
             ("--gamma", self.gamma, 0 < self.gamma <= 1, "in (0, 1]"),
             ("--workers", self.workers, self.workers >= 1, "at least 1"),

@@ -16,13 +16,37 @@ from speech_enhance.pipeline import storage, store
 
 TRAIN_COLUMNS = ["noisy_mag", "clean_mag"]
 PHASE_COLUMN = "noisy_phase"  # read only for losses that go back to waveforms
+ORDER_COLUMNS = ["mixture_id", "patch_index"]  # read only to join consecutive patches (sequence > 1)
 # Patches per batch that Ray Data hands over (:func:`patch_batches`): its per-batch cost
 # (~0.2 ms) spread over 256 patches instead of one training batch of 16.
 READ_BATCH = 256
 
 
-def columns(with_phase: bool = False) -> list[str]:
-    return [*TRAIN_COLUMNS, PHASE_COLUMN] if with_phase else list(TRAIN_COLUMNS)
+def columns(with_phase: bool = False, sequence: int = 1) -> list[str]:
+    names = [*TRAIN_COLUMNS, PHASE_COLUMN] if with_phase else list(TRAIN_COLUMNS)
+    return names + ORDER_COLUMNS if sequence > 1 else names
+
+
+def sequence_starts(mixture_id: np.ndarray, patch_index: np.ndarray, length: int) -> np.ndarray:
+    """Rows that begin ``length`` consecutive patches of one mixture (rows in file order),
+    the runs cut end to end; a run's last patches that do not fill one are left out."""
+    n = len(mixture_id)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    breaks = np.ones(n, dtype=bool)
+    breaks[1:] = (mixture_id[1:] != mixture_id[:-1]) | (patch_index[1:] != patch_index[:-1] + 1)
+    run_start = np.flatnonzero(breaks)
+    run_end = np.append(run_start[1:], n)
+    run = np.cumsum(breaks) - 1
+    position = np.arange(n) - run_start[run]
+    return np.flatnonzero((position % length == 0) & (position + length <= run_end[run] - run_start[run]))
+
+
+def join_patches(array: np.ndarray, starts: np.ndarray, length: int) -> np.ndarray:
+    """[rows, bins, frames] patches → [len(starts), bins, length × frames]: ``length`` rows
+    from each start, joined along time."""
+    rows = array[starts[:, None] + np.arange(length)]  # [groups, length, bins, frames]
+    return rows.transpose(0, 2, 1, 3).reshape(len(starts), array.shape[1], length * array.shape[2])
 
 
 def to_tensors(table: pa.Table) -> tuple[torch.Tensor, ...]:
@@ -33,9 +57,12 @@ def to_tensors(table: pa.Table) -> tuple[torch.Tensor, ...]:
 
 
 def patch_batches(iterator, batch_size: int, shuffle_buffer: int = 0, seed: int | None = None,  # noqa: ANN001
-                  read_batch: int = READ_BATCH) -> Iterator[tuple[torch.Tensor, ...]]:
+                  read_batch: int = READ_BATCH, sequence: int = 1) -> Iterator[tuple[torch.Tensor, ...]]:
     """Training batches (noisy, clean[, phase]) of ``batch_size`` patches, float32
     [batch, 1, 257, 64], from a Ray ``DataIterator`` (a Train worker's shard) or Dataset.
+    With ``sequence`` > 1 (the iterator then has :data:`ORDER_COLUMNS`) each example is that
+    many consecutive patches of one mixture, [batch, 1, 257, 64 × sequence], and the
+    counts (``batch_size``, ``shuffle_buffer``) are of examples.
 
     Ray Data hands over large Arrow batches whose tensor columns are read in place
     (:func:`~speech_enhance.pipeline.store.decode_column`); each training batch is then one
@@ -63,8 +90,12 @@ def patch_batches(iterator, batch_size: int, shuffle_buffer: int = 0, seed: int 
 
     for table in iterator.iter_batches(batch_size=read_batch, batch_format="pyarrow", prefetch_batches=2):
         names = [c for c in columns(with_phase=True) if c in table.column_names]
-        chunks.append([store.decode_column(table, c) for c in names])
-        count += table.num_rows
+        arrays = [store.decode_column(table, c) for c in names]
+        if sequence > 1:
+            starts = sequence_starts(table["mixture_id"].to_numpy(), table["patch_index"].to_numpy(), sequence)
+            arrays = [join_patches(a, starts, sequence) for a in arrays]
+        chunks.append(arrays)
+        count += len(arrays[0])
         if count >= window:
             yield from emit(final=False)
     if count:
@@ -87,7 +118,7 @@ def split_dir(data_dir: str | os.PathLike, split: str) -> str:
 
 
 def read_split(data_dir: str | os.PathLike, split: str, shuffle_files: bool = False,  # noqa: ANN201
-               with_phase: bool = False):
+               with_phase: bool = False, sequence: int = 1):
     """The split as a Ray Dataset of the training columns (:func:`columns`).
 
     Read with Ray Data's V1 Parquet reader where the Ray version has the newer V2 as its
@@ -101,7 +132,8 @@ def read_split(data_dir: str | os.PathLike, split: str, shuffle_files: bool = Fa
         context.use_datasource_v2 = False
     try:
         return ray.data.read_parquet(
-            split_dir(data_dir, split), columns=columns(with_phase), shuffle="files" if shuffle_files else None
+            split_dir(data_dir, split), columns=columns(with_phase, sequence),
+            shuffle="files" if shuffle_files else None
         )
     finally:
         if default_reader is not None:

@@ -2,7 +2,7 @@
 
 Every loss compares the enhanced magnitude (Mask × Noisy) with the clean magnitude of a
 batch of patches [batch, 1, 257, frames]; a waveform loss also needs the noisy phase,
-through which both go back to the time domain. Format-1 datasets store no clean phase,
+through which both go back to the time domain, and a mask loss the noisy magnitude. Format-1 datasets store no clean phase,
 so a waveform loss's target is the clean magnitude with the noisy phase: the best a mask
 on the noisy magnitude can reach, measured after overlap-add.
 
@@ -16,10 +16,16 @@ on the noisy magnitude can reach, measured after overlap-add.
   VoiceFilter-Lite, Wang et al., 2020). A symmetric loss lets a network that cannot tell
   speech from an unfamiliar noise shrink both; removed speech costs intelligibility,
   leftover noise much less, so doubt should keep the speech.
+- ``mask_mse`` / ``mask_asym``: MSE between the square roots of the mask (Enhanced / Noisy)
+  and the ideal ratio mask min(Clean / Noisy, 1), every bin with sound weighing the same
+  (RNNoise's gain loss, Valin 2018); ``mask_asym`` weighs over-suppression as ``cmag_asym``
+  does. Magnitude losses, even compressed, weigh a bin by its level, so the quiet bins
+  between and around speech, and speech pauses, where leftover noise is heard, count little.
 - ``sisdr``: negative SI-SDR of the patch waveforms, in dB.
 - ``cmag_mse_sisdr`` / ``cmag_asym_sisdr``: ``cmag_mse`` / ``cmag_asym`` plus 0.001 ×
   negative SI-SDR in dB (both about 0.01 at the start of training): the spectral fit and
   the waveform measure people report.
+- ``cmag_mask_asym_sisdr``: ``cmag_asym_sisdr`` plus ``MASK_WEIGHT`` × ``mask_asym``.
 """
 
 from __future__ import annotations
@@ -33,22 +39,25 @@ from speech_enhance.pipeline import dsp
 COMPRESSION = 0.3
 MAG_FLOOR = 1e-12  # keeps the gradient of x^0.3 finite at silent bins
 OVER_SUPPRESSION = 4.0  # cmag_asym: weight of a bin's squared error where enhanced < clean
+MASK_POWER = 0.5  # mask_mse compares square roots of the masks, as RNNoise's loss does
+SOUND_FLOOR = 1e-6  # mask_mse: bins of a quieter noisy magnitude have no defined mask
+MASK_WEIGHT = 0.5  # cmag_mask_asym_sisdr: mask_asym's weight
 
 
 class Loss:
     name: ClassVar[str]
     needs_phase: ClassVar[bool] = False
 
-    def __call__(self, enhanced: torch.Tensor, clean: torch.Tensor, phase: torch.Tensor | None = None
-                 ) -> torch.Tensor:
+    def __call__(self, enhanced: torch.Tensor, clean: torch.Tensor, phase: torch.Tensor | None = None,
+                 noisy: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
 
 
 class MagnitudeL1(Loss):
     name = "mag_l1"
 
-    def __call__(self, enhanced: torch.Tensor, clean: torch.Tensor, phase: torch.Tensor | None = None
-                 ) -> torch.Tensor:
+    def __call__(self, enhanced: torch.Tensor, clean: torch.Tensor, phase: torch.Tensor | None = None,
+                 noisy: torch.Tensor | None = None) -> torch.Tensor:
         return torch.mean(torch.abs(enhanced - clean))
 
 
@@ -62,8 +71,8 @@ class CompressedMagnitude(Loss):
         self.kind, self.power, self.over_suppression = kind, power, over_suppression
         self.name = f"cmag_{kind}"
 
-    def __call__(self, enhanced: torch.Tensor, clean: torch.Tensor, phase: torch.Tensor | None = None
-                 ) -> torch.Tensor:
+    def __call__(self, enhanced: torch.Tensor, clean: torch.Tensor, phase: torch.Tensor | None = None,
+                 noisy: torch.Tensor | None = None) -> torch.Tensor:
         diff = enhanced.clamp_min(MAG_FLOOR).pow(self.power) - clean.clamp_min(MAG_FLOOR).pow(self.power)
         if self.kind == "l1":
             return torch.mean(diff.abs())
@@ -93,11 +102,36 @@ class NegativeSISDR(Loss):
     name = "sisdr"
     needs_phase = True
 
-    def __call__(self, enhanced: torch.Tensor, clean: torch.Tensor, phase: torch.Tensor | None = None
-                 ) -> torch.Tensor:
+    def __call__(self, enhanced: torch.Tensor, clean: torch.Tensor, phase: torch.Tensor | None = None,
+                 noisy: torch.Tensor | None = None) -> torch.Tensor:
         if phase is None:
             raise ValueError("the sisdr loss needs the noisy phase of each patch")
         return -si_sdr(patch_waveforms(enhanced, phase), patch_waveforms(clean, phase)).mean()
+
+
+class RatioMask(Loss):
+    """Distance between the square roots of the mask (Enhanced / Noisy) and of the ideal
+    ratio mask min(Clean / Noisy, 1), averaged over the bins with sound: ``kind`` "mse", or
+    "asym" (over-suppressed bins weighted ``over_suppression``, as in ``cmag_asym``)."""
+
+    def __init__(self, kind: str, over_suppression: float = OVER_SUPPRESSION):
+        if kind not in ("mse", "asym"):
+            raise ValueError(f"kind must be mse or asym, got {kind!r}")
+        self.kind, self.over_suppression = kind, over_suppression
+        self.name = f"mask_{kind}"
+
+    def __call__(self, enhanced: torch.Tensor, clean: torch.Tensor, phase: torch.Tensor | None = None,
+                 noisy: torch.Tensor | None = None) -> torch.Tensor:
+        if noisy is None:
+            raise ValueError(f"the {self.name} loss needs the noisy magnitude of each patch")
+        sound = noisy > SOUND_FLOOR
+        safe = torch.where(sound, noisy, 1.0)
+        mask, ideal = (enhanced / safe).clamp(0.0, 1.0), (clean / safe).clamp(0.0, 1.0)
+        diff = mask.clamp_min(MAG_FLOOR).pow(MASK_POWER) - ideal.clamp_min(MAG_FLOOR).pow(MASK_POWER)
+        error = diff.square()
+        if self.kind == "asym":
+            error = torch.where(diff < 0, self.over_suppression, 1.0) * error
+        return torch.sum(torch.where(sound, error, 0.0)) / sound.sum().clamp_min(1)
 
 
 class Sum(Loss):
@@ -107,9 +141,9 @@ class Sum(Loss):
         self.name, self.first, self.second, self.weight = name, first, second, weight
         self.needs_phase = first.needs_phase or second.needs_phase
 
-    def __call__(self, enhanced: torch.Tensor, clean: torch.Tensor, phase: torch.Tensor | None = None
-                 ) -> torch.Tensor:
-        return self.first(enhanced, clean, phase) + self.weight * self.second(enhanced, clean, phase)
+    def __call__(self, enhanced: torch.Tensor, clean: torch.Tensor, phase: torch.Tensor | None = None,
+                 noisy: torch.Tensor | None = None) -> torch.Tensor:
+        return self.first(enhanced, clean, phase, noisy) + self.weight * self.second(enhanced, clean, phase, noisy)
 
 
 LOSSES: dict[str, Loss] = {loss.name: loss for loss in (
@@ -120,6 +154,10 @@ LOSSES: dict[str, Loss] = {loss.name: loss for loss in (
     NegativeSISDR(),
     Sum("cmag_mse_sisdr", CompressedMagnitude("mse"), NegativeSISDR(), 1e-3),
     Sum("cmag_asym_sisdr", CompressedMagnitude("asym"), NegativeSISDR(), 1e-3),
+    RatioMask("mse"),
+    RatioMask("asym"),
+    Sum("cmag_mask_asym_sisdr", Sum("", CompressedMagnitude("asym"), RatioMask("asym"), MASK_WEIGHT),
+        NegativeSISDR(), 1e-3),
 )}
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import math
 import os
 import tempfile
@@ -40,6 +41,7 @@ from speech_enhance.pipeline import storage
 from speech_enhance.pipeline.cluster import hide_ray_data_progress, init_ray
 from speech_enhance.pipeline.config import PATCH_TENSORS
 from speech_enhance.pipeline.dataset import read_dataset_info
+from speech_enhance.pipeline.dsp import PATCH_FRAMES
 
 BEST_MODEL = "cnn_enhancer_best.pth"
 RAY_RUN_NAME = "ray"
@@ -81,26 +83,41 @@ def _past_deadline(deadline: float, device: torch.device) -> bool:
 DEADLINE_CHECK_STEPS = 8  # steps between deadline checks (each is an all-reduce)
 
 
+def _any_rank_done(done: bool, device: torch.device) -> bool:
+    flag = torch.tensor([float(done)], device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
 def _run_epoch(model, batches, device, optimizer=None, amp=False,  # noqa: ANN001
-               loss_fn: Loss = LOSSES["mag_l1"], deadline: float | None = None) -> tuple[float, float]:
+               loss_fn: Loss = LOSSES["mag_l1"], deadline: float | None = None,
+               uneven: bool = False) -> tuple[float, float]:
     """One pass; returns (sum over batches of loss × patches, patches): the epoch's loss
-    is the first over the second. Training stops early once past ``deadline``."""
+    is the first over the second. Training stops early once past ``deadline``. ``uneven``:
+    the ranks may hold different numbers of batches (joined sequences), so every step asks
+    whether all still have one and all stop with the first that runs out, as DDP needs."""
     training = optimizer is not None
     model.train(training)
     loss_sum, patches = 0.0, 0.0
-    for step, batch in enumerate(batches):
+    iterator = iter(batches)
+    for step in itertools.count():
         if deadline is not None and step % DEADLINE_CHECK_STEPS == 0 and step and _past_deadline(deadline, device):
+            break
+        batch = next(iterator, None)
+        if (_any_rank_done(batch is None, device) if uneven else batch is None):
             break
         noisy, clean, *phase = (t.to(device, non_blocking=True) for t in batch)
         with torch.set_grad_enabled(training), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             mask = model(noisy)
-        loss = loss_fn(mask.float() * noisy, clean, phase[0] if phase else None)
+        loss = loss_fn(mask.float() * noisy, clean, phase[0] if phase else None, noisy)
         if training:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        loss_sum += loss.item() * clean.shape[0]
-        patches += clean.shape[0]
+        count = clean.shape[0] * clean.shape[-1] / PATCH_FRAMES  # a joined sequence counts its patches
+        loss_sum += loss.item() * count
+        patches += count
     return loss_sum, patches
 
 
@@ -152,22 +169,24 @@ def train_loop_per_worker(config: dict) -> None:
     state["worker_devices"] = [dev for _, dev in placement]
     start_steps = _adam_steps(optimizer)
 
+    sequence = config.get("sequence", 1)
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
     limit = config.get("time_limit")
     for epoch in range(state["epoch"] + 1, config["epochs"] + 1):
         started = time.time()
         deadline = started + limit * 60 - state.get("train_seconds", 0.0) if limit else None
-        train_batches = patch_batches(train_shard, config["batch_size"], config["shuffle_buffer"],
-                                      seed=config["seed"] + epoch)
-        train_sums = _run_epoch(model, train_batches, device, optimizer, amp, loss_fn, deadline)
+        train_batches = patch_batches(train_shard, config["batch_size"] // sequence,
+                                      config["shuffle_buffer"] // sequence, seed=config["seed"] + epoch,
+                                      sequence=sequence)
+        train_sums = _run_epoch(model, train_batches, device, optimizer, amp, loss_fn, deadline, sequence > 1)
         train_seconds = time.time() - started
         state["train_seconds"] = state.get("train_seconds", 0.0) + train_seconds
         # Every rank stopped at the same step, so this is the same on all of them.
         out_of_time = deadline is not None and _past_deadline(deadline, device)
-        val_batches = patch_batches(val_shard, max(64, config["batch_size"]))
+        val_batches = patch_batches(val_shard, max(64, config["batch_size"]) // sequence, sequence=sequence)
         with torch.no_grad():
-            val_sums = _run_epoch(model, val_batches, device, amp=amp, loss_fn=loss_fn)
+            val_sums = _run_epoch(model, val_batches, device, amp=amp, loss_fn=loss_fn, uneven=sequence > 1)
         t_loss, t_patches, v_loss, v_patches = _all_reduce_sum([*train_sums, *val_sums], device)
         seconds = time.time() - started
         lr = optimizer.param_groups[0]["lr"]
@@ -252,7 +271,7 @@ def _ingest_options() -> ray.data.ExecutionOptions:
 MATERIALIZE_SHARE = 0.5
 
 
-def training_datasets(data: str, info: dict, with_phase: bool, log=print) -> dict:  # noqa: ANN001
+def training_datasets(data: str, info: dict, with_phase: bool, log=print, sequence: int = 1) -> dict:  # noqa: ANN001
     """The train and val splits as Ray Datasets: read once into the object store when they
     fit in :data:`MATERIALIZE_SHARE` of it (the train split's block order shuffled every
     epoch), else streamed from Parquet with the file order shuffled every epoch."""
@@ -262,10 +281,11 @@ def training_datasets(data: str, info: dict, with_phase: bool, log=print) -> dic
     if needed and needed <= MATERIALIZE_SHARE * capacity:
         log(f"holding the train and val splits in Ray's object store ({needed / 2**30:.1f} of "
             f"{capacity / 2**30:.1f} GiB)")
-        return {"train": read_split(data, "train", with_phase=with_phase).materialize().randomize_block_order(),
-                "val": read_split(data, "val", with_phase=with_phase).materialize()}
-    return {"train": read_split(data, "train", shuffle_files=True, with_phase=with_phase),
-            "val": read_split(data, "val", with_phase=with_phase)}
+        return {"train": read_split(data, "train", with_phase=with_phase, sequence=sequence).materialize()
+                .randomize_block_order(),
+                "val": read_split(data, "val", with_phase=with_phase, sequence=sequence).materialize()}
+    return {"train": read_split(data, "train", shuffle_files=True, with_phase=with_phase, sequence=sequence),
+            "val": read_split(data, "val", with_phase=with_phase, sequence=sequence)}
 
 
 def _worker_resources(cpus: float, use_gpu: bool) -> dict:
@@ -327,7 +347,7 @@ def train(cfg: TrainConfig, overwrite: bool = False, log=print, callbacks: list 
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker=_worker_resources(cpus, use_gpu)
         ),
-        datasets=training_datasets(cfg.data, dataset_info, with_phase, log),
+        datasets=training_datasets(cfg.data, dataset_info, with_phase, log, cfg.sequence),
         dataset_config=ray.train.DataConfig(execution_options=_ingest_options()),
         run_config=ray.train.RunConfig(
             name=RAY_RUN_NAME,

@@ -314,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     _option(p, "--lr", TrainConfig, "lr", "AdamW learning rate", type=float)
     _option(p, "--weight-decay", TrainConfig, "weight_decay", "AdamW weight decay", type=float)
     _option(p, "--batch-size", TrainConfig, "batch_size", "patches per batch per worker", type=int)
+    _option(p, "--sequence", TrainConfig, "sequence",
+            "consecutive patches (0.5 s each) of one mixture per training example, for recurrent networks "
+            "to learn longer context", type=int)
     _option(p, "--arch", TrainConfig, "arch", "network", choices=sorted(ARCHITECTURES))
     _option(p, "--widths", TrainConfig, "widths", "comma-separated channel widths",
             default_text="the architecture's own", type=_widths)

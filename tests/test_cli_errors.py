@@ -23,6 +23,7 @@ def _one_line_error(capsys, *words: str) -> str:
     (["--epochs", "0"], ["--epochs"]),
     (["--arch", "unet", "--widths", "8,8"], ["--widths", "unet"]),
     (["--gamma", "2"], ["--gamma"]),
+    (["--sequence", "3"], ["--batch-size", "multiple of --sequence"]),  # batch 16 of 3-patch examples
 ])
 def test_bad_training_options_fail_before_ray_and_say_which(tmp_path, capsys, flags, words):
     import ray

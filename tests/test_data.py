@@ -1,10 +1,11 @@
 """Reading the dataset's splits through Ray Data for training."""
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
-from speech_enhance.model.data import patch_batches, read_split
+from speech_enhance.model.data import join_patches, patch_batches, read_split, sequence_starts
 from speech_enhance.pipeline import store
 
 
@@ -60,3 +61,38 @@ def test_patch_batches_deliver_every_patch_once_per_epoch_in_seeded_order(dtype)
     assert shuffled == ids(1, 32) and shuffled != ids(2, 32)
     # A patch moves about a window from its place (a leftover may wait longer, as in Ray's buffer).
     assert np.mean([abs(p - i) for i, p in enumerate(sum(shuffled, []))]) < 32
+
+
+def test_sequences_join_consecutive_patches_of_one_mixture_and_leave_the_rest_out():
+    # Rows in file order: mixture 1 patches 0-4, mixture 2 patches 0-2, mixture 3 patches 5, 6, 8, 9
+    # (7 missing): runs of two start at rows 0, 2 (mixture 1; patch 4 left over), 5 (mixture 2;
+    # patch 2 left over), 8 and 10 (mixture 3, either side of the gap).
+    mixture = np.array([1, 1, 1, 1, 1, 2, 2, 2, 3, 3, 3, 3])
+    index = np.array([0, 1, 2, 3, 4, 0, 1, 2, 5, 6, 8, 9])
+    starts = sequence_starts(mixture, index, 2)
+    assert starts.tolist() == [0, 2, 5, 8, 10]
+    assert sequence_starts(mixture, index, 3).tolist() == [0, 5]
+    patches = np.arange(12 * 2 * 3).reshape(12, 2, 3)  # 12 patches of 2 bins × 3 frames
+    joined = join_patches(patches, starts, 2)
+    assert joined.shape == (5, 2, 6)
+    np.testing.assert_array_equal(joined[1], np.concatenate([patches[2], patches[3]], axis=1))  # along time
+
+    class Ordered(_Tables):
+        def iter_batches(self, batch_size: int, batch_format: str, prefetch_batches: int):
+            for table in super().iter_batches(batch_size, batch_format, prefetch_batches):
+                ids = np.arange(self.served, self.served + table.num_rows)
+                self.served += table.num_rows
+                yield table.append_column("mixture_id", pa.array(ids // 5)).append_column(
+                    "patch_index", pa.array(ids % 5, type=pa.int32()))
+
+    tables = Ordered(40, "float32", rows=20)
+    tables.served = 0
+    seen = []
+    for noisy, clean in patch_batches(tables, 3, sequence=2, read_batch=20):
+        assert noisy.shape[1:] == (1, 257, 128)
+        torch.testing.assert_close(clean, -noisy)
+        first, second = noisy[:, 0, 0, 0].int(), noisy[:, 0, 0, 64].int()
+        assert (second == first + 1).all() and (first // 5 == second // 5).all()  # one mixture, in order
+        seen += first.tolist()
+    # Eight mixtures of five patches: two pairs each (patches 0-1 and 2-3), patch 4 left out.
+    assert sorted(seen) == [m * 5 + p for m in range(8) for p in (0, 2)]

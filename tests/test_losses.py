@@ -36,6 +36,30 @@ def test_asymmetric_loss_weighs_removed_speech_four_times_leftover_noise():
         4 * get_loss("cmag_asym")(_patch([2.0]), _patch([1.0])).item(), rel=1e-5)
 
 
+def test_mask_loss_compares_square_roots_of_the_mask_and_the_ideal_ratio_mask():
+    # Bin 1: mask 4/4 = 1 against ideal 1/4: (1 - 0.5)^2 = 0.25. Bin 2: mask 2/4 against an ideal
+    # of 8/4 capped at 1: (0.7071 - 1)^2 = 0.0858. Bin 3 is silent (no mask) and is left out.
+    noisy, clean, enhanced = _patch([4.0, 4.0, 0.0]), _patch([1.0, 8.0, 0.0]), _patch([4.0, 2.0, 0.0])
+    expected = (0.25 + (0.5 ** 0.5 - 1) ** 2) / 2
+    loss = get_loss("mask_mse")
+    assert loss(enhanced, clean, noisy=noisy).item() == pytest.approx(expected, rel=1e-5)
+    # Level does not count: the same masks on a bin 100 times quieter cost the same.
+    assert loss(enhanced / 100, clean / 100, noisy=noisy / 100).item() == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="noisy magnitude"):
+        loss(enhanced, clean)
+    # mask_asym: bin 2 is over-suppressed (mask below the ideal), so it weighs four times.
+    assert get_loss("mask_asym")(enhanced, clean, noisy=noisy).item() == pytest.approx(
+        (0.25 + 4 * (0.5 ** 0.5 - 1) ** 2) / 2, rel=1e-5)
+    torch.manual_seed(0)
+    noisy = torch.rand(2, 1, 257, 16) + 0.1
+    clean, phase = noisy * torch.rand_like(noisy), (torch.rand_like(noisy) - 0.5) * 2 * math.pi
+    enhanced = noisy * torch.rand_like(noisy)
+    parts = (get_loss("cmag_asym")(enhanced, clean) + 0.5 * get_loss("mask_asym")(enhanced, clean, noisy=noisy)
+             + 1e-3 * get_loss("sisdr")(enhanced, clean, phase))
+    combined = get_loss("cmag_mask_asym_sisdr")(enhanced, clean, phase, noisy)
+    assert combined.item() == pytest.approx(parts.item(), rel=1e-5)
+
+
 def test_si_sdr_of_a_known_mixture():
     target = torch.tensor([[1.0, -1.0, 1.0, -1.0]])
     noise = torch.tensor([[1.0, 1.0, -1.0, -1.0]])  # orthogonal to the target, zero mean
@@ -69,7 +93,7 @@ def test_every_loss_is_differentiable_and_named_once():
     phase = torch.rand(2, 1, 257, 8)
     for name, loss in LOSSES.items():
         assert loss.name == name
-        value = loss(mask * noisy, clean, phase)
+        value = loss(mask * noisy, clean, phase, noisy)
         value.backward()
         assert torch.isfinite(mask.grad).all(), name
         mask.grad = None
