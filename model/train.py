@@ -71,23 +71,21 @@ def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
-def _past_deadline(deadline: float, device: torch.device) -> bool:
-    """Whether any rank is past ``deadline`` (time.time()): every rank gets the same answer,
-    so all stop after the same step, as DDP needs."""
-    late = torch.tensor([float(time.time() > deadline)], device=device)
+def _any_rank(flag: bool, device: torch.device) -> bool:
+    """Whether ``flag`` holds on any rank: every rank gets the same answer, so all take the
+    same branch, as DDP needs."""
+    t = torch.tensor([float(flag)], device=device)
     if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(late, op=dist.ReduceOp.MAX)
-    return bool(late.item())
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def _past_deadline(deadline: float, device: torch.device) -> bool:
+    """Whether any rank is past ``deadline`` (time.time())."""
+    return _any_rank(time.time() > deadline, device)
 
 
 DEADLINE_CHECK_STEPS = 8  # steps between deadline checks (each is an all-reduce)
-
-
-def _any_rank_done(done: bool, device: torch.device) -> bool:
-    flag = torch.tensor([float(done)], device=device)
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return bool(flag.item())
 
 
 def _run_epoch(model, batches, device, optimizer=None, amp=False,  # noqa: ANN001
@@ -105,7 +103,7 @@ def _run_epoch(model, batches, device, optimizer=None, amp=False,  # noqa: ANN00
         if deadline is not None and step % DEADLINE_CHECK_STEPS == 0 and step and _past_deadline(deadline, device):
             break
         batch = next(iterator, None)
-        if (_any_rank_done(batch is None, device) if uneven else batch is None):
+        if (_any_rank(batch is None, device) if uneven else batch is None):
             break
         noisy, clean, *phase = (t.to(device, non_blocking=True) for t in batch)
         with torch.set_grad_enabled(training), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
