@@ -68,9 +68,8 @@ def main() -> None:
     results: dict[str, list[dict]] = {}
     for row in rows:
         mix = render_row(row)
-        spec = dsp.stft(mix.noisy)
-        noisy, clean = spec.abs(), dsp.stft(mix.clean).abs()
-        noise = dsp.stft(mix.noisy - mix.clean).abs()
+        spec, clean_spec = dsp.stft(mix.noisy), dsp.stft(mix.clean)
+        noisy, clean, noise = spec.abs(), clean_spec.abs(), (spec - clean_spec).abs()  # the STFT is linear
         gains = {}
         with torch.no_grad():
             for path, model in models.items():

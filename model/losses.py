@@ -2,9 +2,10 @@
 
 Every loss compares the enhanced magnitude (Mask × Noisy) with the clean magnitude of a
 batch of patches [batch, 1, 257, frames]; a waveform loss also needs the noisy phase,
-through which both go back to the time domain, and a mask loss the noisy magnitude. Format-1 datasets store no clean phase,
-so a waveform loss's target is the clean magnitude with the noisy phase: the best a mask
-on the noisy magnitude can reach, measured after overlap-add.
+through which both go back to the time domain, and a mask loss the noisy magnitude.
+Format-1 datasets store no clean phase, so a waveform loss's target is the clean magnitude
+with the noisy phase: the best a mask on the noisy magnitude can reach, measured after
+overlap-add.
 
 - ``mag_l1``: the seed's L1 on linear magnitudes. Linear magnitudes are dominated by the
   loud low-frequency bins, so quiet speech and high bands hardly count.
@@ -61,6 +62,18 @@ class MagnitudeL1(Loss):
         return torch.mean(torch.abs(enhanced - clean))
 
 
+def _compressed_diff(estimate: torch.Tensor, target: torch.Tensor, power: float) -> torch.Tensor:
+    return estimate.clamp_min(MAG_FLOOR).pow(power) - target.clamp_min(MAG_FLOOR).pow(power)
+
+
+def _squared_error(diff: torch.Tensor, kind: str, over_suppression: float) -> torch.Tensor:
+    """``diff`` squared; for ``kind`` "asym" weighted ``over_suppression`` where it is negative
+    (the estimate below the target: speech removed)."""
+    if kind == "asym":
+        return torch.where(diff < 0, over_suppression, 1.0) * diff.square()
+    return diff.square()
+
+
 class CompressedMagnitude(Loss):
     """Distance between ``|·|^power`` of the two magnitudes: ``kind`` "l1", "mse", or
     "asym" (MSE with the squared error of over-suppressed bins weighted ``over_suppression``)."""
@@ -73,12 +86,10 @@ class CompressedMagnitude(Loss):
 
     def __call__(self, enhanced: torch.Tensor, clean: torch.Tensor, phase: torch.Tensor | None = None,
                  noisy: torch.Tensor | None = None) -> torch.Tensor:
-        diff = enhanced.clamp_min(MAG_FLOOR).pow(self.power) - clean.clamp_min(MAG_FLOOR).pow(self.power)
+        diff = _compressed_diff(enhanced, clean, self.power)
         if self.kind == "l1":
             return torch.mean(diff.abs())
-        if self.kind == "asym":
-            return torch.mean(torch.where(diff < 0, self.over_suppression, 1.0) * diff.square())
-        return torch.mean(diff.square())
+        return torch.mean(_squared_error(diff, self.kind, self.over_suppression))
 
 
 def si_sdr(estimate: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -127,10 +138,7 @@ class RatioMask(Loss):
         sound = noisy > SOUND_FLOOR
         safe = torch.where(sound, noisy, 1.0)
         mask, ideal = (enhanced / safe).clamp(0.0, 1.0), (clean / safe).clamp(0.0, 1.0)
-        diff = mask.clamp_min(MAG_FLOOR).pow(MASK_POWER) - ideal.clamp_min(MAG_FLOOR).pow(MASK_POWER)
-        error = diff.square()
-        if self.kind == "asym":
-            error = torch.where(diff < 0, self.over_suppression, 1.0) * error
+        error = _squared_error(_compressed_diff(mask, ideal, MASK_POWER), self.kind, self.over_suppression)
         return torch.sum(torch.where(sound, error, 0.0)) / sound.sum().clamp_min(1)
 
 
