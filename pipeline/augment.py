@@ -8,6 +8,7 @@ builds with the same seed are identical however they are spread over workers.
 
 Signal chain of one mixture (``n`` samples of clean speech)::
 
+    clean  = clean with speech gaps: spans silenced with 10 ms fades (train only; optional)
     speech = clean * RIR            (real RIR file or simulated shoebox room; optional)
     target = clean (dry) | clean * RIR[:direct + 50 ms] (early)      -- the training target
     noise  = file segment [+ 2nd file at a ratio] | babble | made up from a seed: coloured,
@@ -17,8 +18,8 @@ Signal chain of one mixture (``n`` samples of clean speech)::
     noise scaled to the SNR against the speech in the mixture; joint level gain
     noisy = speech + noise -> optional clipping at a fraction of its peak
 
-Noise made up for variety (transforms, synthetic classes) is drawn for the train split
-only: validation and test keep the real recordings, so checkpoints are chosen and
+Noise made up for variety (transforms, synthetic classes) and speech gaps are drawn for
+the train split only: validation and test keep the real recordings, so checkpoints are chosen and
 scores are reported on real noise. Reverberation, SNR ranges, microphone colouring and
 clipping describe recording conditions and apply to every split.
 """
@@ -43,6 +44,9 @@ NOISE_KINDS = ("file", "babble", *GENERATED)
 SYNTHETIC_TYPES = {"babble": "babble", **{kind: f"synthetic-{kind}" for kind in GENERATED}}
 BABBLE_TALKERS = (3, 7)  # talkers per babble mixture: low inclusive, high exclusive
 BABBLE_SHARE = 0.3  # of synthetic-noise mixtures (crowds, cafés, markets: the commonest real noise)
+GAP_SECONDS = (0.2, 1.5)  # length of one speech gap
+GAP_COVER = (0.2, 0.5)  # fraction of an utterance its gaps add up to (at most half: speech stays)
+GAP_FADE = 160  # samples (10 ms) of raised-cosine fade at each edge of a gap, so no click
 
 
 @dataclass(frozen=True)
@@ -56,12 +60,17 @@ class Variety:
     clip: float = 0.0  # fraction clipped at a random fraction of their peak
     noise_transforms: float = 0.0  # fraction of train mixtures with noise EQ/modulation/second noise
     synthetic_noise: float = 0.0  # fraction of train mixtures with babble or generated noise
+    speech_gaps: float = 0.0  # fraction of train mixtures with spans of speech silenced (noise only)
 
     def enabled(self) -> bool:
-        return any((self.rir, self.rooms, self.mic_eq, self.clip, self.noise_transforms, self.synthetic_noise))
+        return any((self.rir, self.rooms, self.mic_eq, self.clip, self.noise_transforms, self.synthetic_noise,
+                    self.speech_gaps))
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        if not self.speech_gaps:  # left out when off: builds made before it keep their dataset.json
+            del out["speech_gaps"]
+        return out
 
 
 # ---------------------------------------------------------------- filters
@@ -270,6 +279,38 @@ def reverberate(clean: np.ndarray, h: np.ndarray, target: str) -> tuple[np.ndarr
     return speech, signal.fftconvolve(clean, early)[:n].astype(np.float32)
 
 
+def draw_gaps(rng: np.random.Generator, n: int) -> list[int]:
+    """Speech gaps for an utterance of ``n`` samples, flat [start0, stop0, start1, ...]:
+    spans of 0.2-1.5 s that add up to 20-50% of it (they may overlap; at least half
+    of the speech stays). Real recordings
+    pause between phrases; read speech hardly does, so without gaps a network sees noise
+    alone too rarely to learn to remove it all there."""
+    cover, most, total, gaps = rng.uniform(*GAP_COVER) * n, int(GAP_COVER[1] * n), 0, []
+    while total < cover:
+        length = min(most - total, int(rng.uniform(*GAP_SECONDS) * SAMPLE_RATE))  # the last one may be cut short
+        if length <= 0:
+            break
+        start = int(rng.integers(0, n - length + 1))
+        gaps += [start, start + length]
+        total += length
+    return gaps
+
+
+def cut_gaps(clean: np.ndarray, gaps: list[int]) -> np.ndarray:
+    """``clean`` with each gap [start, stop) silenced, fading out before it and in after."""
+    if not len(gaps):
+        return clean
+    gain = np.ones(len(clean), dtype=np.float32)
+    fade = (0.5 + 0.5 * np.cos(np.linspace(0, math.pi, GAP_FADE))).astype(np.float32)  # 1 -> 0
+    for start, stop in zip(gaps[::2], gaps[1::2], strict=True):
+        gain[start:stop] = 0
+        before = gain[max(0, start - GAP_FADE):start]
+        np.minimum(before, fade[GAP_FADE - len(before):], out=before)
+        after = gain[stop:stop + GAP_FADE]
+        np.minimum(after, fade[::-1][:len(after)], out=after)
+    return clean * gain
+
+
 # ---------------------------------------------------------------- drawing (plan time)
 def empty_fields() -> dict:
     """The variety columns of a mixture that has none: every row of a varied build has
@@ -277,7 +318,7 @@ def empty_fields() -> dict:
     return {"noise_kind": "file", "noise_seed": 0, "noise_color": 0.0, "babble_paths": [], "babble_offsets": [],
             "noise2_path": "", "noise2_offset": 0, "noise2_db": 0.0, "noise_sos": [], "mod_depth": 0.0,
             "mod_hz": 0.0, "mod_phase": 0.0, "rir_kind": "", "rir_path": "", "room_dims": [], "rt60": 0.0,
-            "source_pos": [], "mic_pos": [], "target": "early", "mic_sos": [], "clip_level": 0.0}
+            "source_pos": [], "mic_pos": [], "target": "early", "mic_sos": [], "clip_level": 0.0, "speech_gaps": []}
 
 
 def draw(rng: np.random.Generator, variety: Variety, split: str, n_samples: int, speaker: str,
@@ -320,6 +361,9 @@ def draw(rng: np.random.Generator, variety: Variety, split: str, n_samples: int,
             second = noises[int(rng.integers(len(noises)))]
             fields.update(noise2_path=second.path, noise2_db=float(rng.uniform(-10, 0)),
                           noise2_offset=int(rng.integers(0, noise_offset_range(second.n_samples, n_samples))))
+    # Drawn last, and only when asked for, so builds without gaps draw what they always did.
+    if variety.speech_gaps and rng.random() < variety.speech_gaps:
+        fields["speech_gaps"] = draw_gaps(rng, n_samples)
     return fields
 
 
@@ -331,6 +375,7 @@ def noise_type(fields: dict, file_type: str) -> str:
 # ---------------------------------------------------------------- rendering
 def speech_and_target(clean: np.ndarray, row: dict, load_rir) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
     """(speech as it reaches the microphone, training target) for one row."""
+    clean = cut_gaps(clean, row.get("speech_gaps") or [])  # before the room: reverb tails run into a gap
     if row["rir_kind"] == "room":
         h = simulate_rir(list(row["room_dims"]), float(row["rt60"]), list(row["source_pos"]), list(row["mic_pos"]))
     elif row["rir_kind"] == "file":

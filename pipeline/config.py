@@ -46,6 +46,7 @@ class BuildConfig:
     clip: float = 0.0  # fraction clipped at a random fraction of their peak
     noise_transforms: float = 0.0  # fraction of train mixtures with noise EQ, modulation or a second noise
     synthetic_noise: float = 0.0  # fraction of train mixtures with babble or generated noise
+    speech_gaps: float = 0.0  # fraction of train mixtures with spans of speech silenced
     # Test hook, not part of the dataset config (also read from the environment variable
     # SPEECH_ENHANCE_FAULT_INJECTION as JSON): {"marker": path} makes the first file
     # job's worker process die once, before it writes, to exercise Ray's task retries;
@@ -81,7 +82,7 @@ class BuildConfig:
         for option, value in (("--rir-prob", self.rir_prob), ("--simulate-rooms", self.simulate_rooms),
                               ("--mic-eq", self.mic_eq), ("--clip", self.clip),
                               ("--noise-transforms", self.noise_transforms),
-                              ("--synthetic-noise", self.synthetic_noise)):
+                              ("--synthetic-noise", self.synthetic_noise), ("--speech-gaps", self.speech_gaps)):
             if not 0 <= value <= 1:
                 raise ValueError(f"{option} is a fraction of mixtures in [0, 1], got {value:g}")
         if self.rir_dir is not None and self.simulate_rooms + self.rir_prob > 1 + 1e-9:
@@ -118,7 +119,8 @@ class BuildConfig:
     def variety(self) -> augment.Variety:
         return augment.Variety(rir=self.rir_prob if self.rir_dir is not None else 0.0, rooms=self.simulate_rooms,
                                target=self.reverb_target, mic_eq=self.mic_eq, clip=self.clip,
-                               noise_transforms=self.noise_transforms, synthetic_noise=self.synthetic_noise)
+                               noise_transforms=self.noise_transforms, synthetic_noise=self.synthetic_noise,
+                               speech_gaps=self.speech_gaps)
 
     def effective(self) -> dict:
         """The config as recorded in dataset.json (paths resolved, defaults filled)."""

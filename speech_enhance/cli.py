@@ -292,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
         ("--synthetic-noise", "synthetic_noise",
          "fraction of train mixtures with babble of the split's other speakers or generated noise (coloured, shaped, "
          "impulsive, tonal) instead"),
+        ("--speech-gaps", "speech_gaps",
+         "fraction of train mixtures with 20-50%% of their speech silenced in gaps of 0.2-1.5 s, so the network "
+         "also learns noise alone"),
     ):
         _option(variety, flag, BuildConfig, dest, text, type=float, metavar="P")
     _option(variety, "--reverb-target", BuildConfig, "reverb_target",

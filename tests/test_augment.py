@@ -1,5 +1,6 @@
 """Dataset variety (pipeline/augment.py) and its plan and render, without Ray."""
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -103,7 +104,42 @@ def _corpus(speakers=10, utts=2, noises=10):
 
 
 FULL = augment.Variety(rir=0.3, rooms=0.3, target="dry", mic_eq=0.5, clip=0.2, noise_transforms=0.5,
-                       synthetic_noise=0.4)
+                       synthetic_noise=0.4, speech_gaps=0.5)
+
+
+def test_speech_gaps_silence_their_spans_with_fades():
+    clean = np.ones(16000, dtype=np.float32)
+    out = augment.cut_gaps(clean, [4000, 6000, 5000, 9000, 15900, 16000])
+    assert clean.min() == 1  # the cached input is not touched
+    assert (out[4000:9000] == 0).all() and (out[15900:] == 0).all()
+    fade = augment.GAP_FADE
+    assert (out[:4000 - fade] == 1).all() and (out[9000 + fade:15900 - fade] == 1).all()
+    assert (np.diff(out[4000 - fade:4000]) <= 0).all() and (np.diff(out[9000:9000 + fade]) >= 0).all()
+    assert 0 < out[4000 - fade // 2] < 1
+    assert augment.cut_gaps(clean, []) is clean
+    rng = np.random.default_rng(0)
+    for n in (160_000, 48_000, 1_000):
+        gaps = augment.draw_gaps(rng, n)
+        starts, stops = np.array(gaps[::2]), np.array(gaps[1::2])
+        assert (0 <= starts).all() and (stops <= n).all()
+        lengths = stops - starts
+        assert augment.GAP_COVER[0] * n <= lengths.sum() <= augment.GAP_COVER[1] * n
+        assert (lengths[:-1] >= 0.2 * 16000).all() and (lengths <= 1.5 * 16000).all()
+    assert augment.draw_gaps(np.random.default_rng(5), 80_000) == augment.draw_gaps(np.random.default_rng(5), 80_000)
+
+
+def test_speech_gaps_are_drawn_last_and_for_train_only():
+    clean, noise, rirs = _corpus()
+    kw = dict(snr_range=(-5.0, 20.0), mixtures_per_clean=3, rirs=rirs)
+    without = as_rows(plan_mixtures(clean, noise, [0.0], (0.8, 0.1, 0.1), seed=1,
+                                    variety=dataclasses.replace(FULL, speech_gaps=0.0), **kw)[0])
+    rows = as_rows(plan_mixtures(clean, noise, [0.0], (0.8, 0.1, 0.1), seed=1, variety=FULL, **kw)[0])
+    # Every other draw is what a build without gaps makes, so such a build is unchanged.
+    assert [{**r, "speech_gaps": []} for r in rows] == without
+    gapped = [r for r in rows if r["speech_gaps"]]
+    assert gapped and all(r["split"] == "train" for r in gapped)
+    assert 0.3 < len(gapped) / sum(r["split"] == "train" for r in rows) < 0.7
+    assert "speech_gaps" not in dataclasses.replace(FULL, speech_gaps=0.0).to_dict()
 
 
 def test_plan_with_variety_draws_per_mixture_and_keeps_made_up_noise_in_train():
@@ -177,8 +213,13 @@ def test_varied_mixtures_hit_their_snr_and_re_render_bit_for_bit(varied_rows):
                 assert np.abs(mix.noisy).max() == ceiling
                 full = np.clip(full, -ceiling, ceiling)
             np.testing.assert_array_equal(mix.noisy, full)
+        if row["speech_gaps"] and not row["rir_kind"] and not row["mic_sos"]:  # silent in its gaps (no filter tail)
+            start, stop = row["speech_gaps"][:2]
+            assert (mix.clean[start:stop] == 0).all()
+            np.testing.assert_array_equal(mix.noisy[start:stop], mix.noise[start:stop])
+            seen.add("gaps")
         seen |= {row["noise_kind"], row["rir_kind"]}
-    assert seen >= {*augment.NOISE_KINDS, "room", ""}
+    assert seen >= {*augment.NOISE_KINDS, "room", "", "gaps"}
 
 
 def test_a_silent_rir_file_is_refused_with_a_reason(tmp_path):
