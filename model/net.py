@@ -239,27 +239,37 @@ class CRN(MaskNet):
     (:func:`dsp.band_matrix`: the low bins as they are, ERB bands above, as RNNoise,
     GTCRN and DeepFilterNet do): the network sees band-averaged magnitudes and its band
     gains are interpolated back to the bins. The convolutions then run on half as many
-    frequencies, which leaves compute for a wider GRU."""
+    frequencies, which leaves compute for a wider GRU.
+
+    ``mean_norm_s`` > 0 adds a second input channel: the features minus their causal
+    running mean per bin over about that many seconds (an exponential average that starts
+    at zero, carried in the stream state), as DeepFilterNet normalises its input. Steady
+    noise then looks alike whatever its level and colour, and speech stands out of it."""
 
     name = "crn"
     # Narrow first layers: they run at 129 and 65 bins, where most of the time goes.
     DEFAULT_WIDTHS = (8, 16, 32, 32)
-    DEFAULTS = {"widths": list(DEFAULT_WIDTHS), "hidden": 192, "bands": 0}
+    DEFAULTS = {"widths": list(DEFAULT_WIDTHS), "hidden": 192, "bands": 0, "mean_norm_s": 0.0}
     past_frames = math.inf
     future_frames = 0
 
-    def __init__(self, widths: tuple[int, ...] | list[int] = DEFAULT_WIDTHS, hidden: int = 192, bands: int = 0):
-        widths, hidden, bands = _positive("crn", widths, 4), int(hidden), int(bands)
+    def __init__(self, widths: tuple[int, ...] | list[int] = DEFAULT_WIDTHS, hidden: int = 192, bands: int = 0,
+                 mean_norm_s: float = 0.0):
+        widths, hidden, bands, mean_norm_s = _positive("crn", widths, 4), int(hidden), int(bands), float(mean_norm_s)
         if hidden < 1:
             raise ValueError(f"crn hidden size must be positive, got {hidden}")
+        if not (math.isfinite(mean_norm_s) and mean_norm_s >= 0):
+            raise ValueError(f"crn mean_norm_s must be 0 (off) or a time in seconds, got {mean_norm_s}")
         if bands and (bands < 33 or (bands - 1) % 16):  # four halvings, then the decoder's 2F - 1
             raise ValueError(f"crn bands must be 0 (all {dsp.N_BINS} bins) or 16k + 1 ≥ 33, e.g. 129; got {bands}")
-        super().__init__(widths=widths, hidden=hidden, bands=bands)
+        super().__init__(widths=widths, hidden=hidden, bands=bands, mean_norm_s=mean_norm_s)
+        # Per-frame decay of the running mean: a time constant of mean_norm_s.
+        self.decay = math.exp(-dsp.HOP / dsp.SAMPLE_RATE / mean_norm_s) if mean_norm_s else 0.0
         if bands:  # fixed, rebuilt from the config: not saved with the weights
             to_bins = torch.tensor(dsp.band_matrix(bands), dtype=torch.float32)
             self.register_buffer("to_bins", to_bins, persistent=False)
             self.register_buffer("to_bands", (to_bins / to_bins.sum(0)).T.contiguous(), persistent=False)
-        chans = [1, *widths]
+        chans = [2 if mean_norm_s else 1, *widths]
         self.encoder = nn.ModuleList(_CausalDown(a, b) for a, b in zip(chans[:-1], chans[1:], strict=True))
         bottleneck = widths[-1] * (((bands or dsp.N_BINS) - 1) // 16 + 1)  # 257 → 17 bins, 129 → 9
         self.rnn = nn.GRU(bottleneck, hidden, batch_first=True)
@@ -274,9 +284,12 @@ class CRN(MaskNet):
         return self.stream(noisy_mag, None)[0]
 
     def stream(self, noisy_mag: torch.Tensor, state: object | None) -> tuple[torch.Tensor, object]:
-        caches, hidden = state if state is not None else ([None] * len(self.encoder), None)
+        caches, hidden, mean = state if state is not None else ([None] * len(self.encoder), None, None)
         bands = self._config["bands"]
         x = self.features(self.to_bands @ noisy_mag if bands else noisy_mag)
+        if self.decay:
+            mean = running_mean(x, x.new_zeros(*x.shape[:3], 1) if mean is None else mean, self.decay)
+            x, mean = torch.cat([x, x - mean], dim=1), mean[..., -1:]
         skips, new_caches = [], []
         for layer, cache in zip(self.encoder, caches, strict=True):
             x, cache = layer(x, cache)
@@ -286,14 +299,31 @@ class CRN(MaskNet):
         seq, hidden = self.rnn(x.reshape(b, c * f, t).transpose(1, 2), hidden)
         x = self.project(seq).transpose(1, 2).reshape(b, c, f, t)
         mask = self.decoder(x, skips)
-        return (self.to_bins @ mask if bands else mask), (new_caches, hidden)
+        return (self.to_bins @ mask if bands else mask), (new_caches, hidden, mean)
 
     def flat_state(self, state: object) -> list[torch.Tensor]:
-        caches, hidden = state
-        return [*caches, hidden]
+        caches, hidden, mean = state
+        return [*caches, hidden, *([mean] if self.decay else [])]
 
     def unflat_state(self, tensors: list[torch.Tensor]) -> object:
-        return list(tensors[:-1]), tensors[-1]
+        n = len(self.encoder)
+        return list(tensors[:n]), tensors[n], (tensors[n + 1] if self.decay else None)
+
+
+def running_mean(x: torch.Tensor, start: torch.Tensor, decay: float, block: int = 64) -> torch.Tensor:
+    """Exponential running mean over the last axis, m_t = decay·m_(t-1) + (1 - decay)·x_t
+    from m_(-1) = ``start`` ([..., 1]): as matrix products over blocks of frames, which
+    train much faster than a loop over frames and keep memory bounded on long files. An
+    ONNX export traces one block of any length: its frame count stays dynamic."""
+    out = []
+    chunks = [x] if torch.jit.is_tracing() or x.shape[-1] <= block else x.split(block, dim=-1)
+    for chunk in chunks:
+        steps = torch.arange(chunk.shape[-1], device=x.device, dtype=x.dtype)
+        lag = steps[:, None] - steps[None, :]  # [t, k]: frames from k to t
+        weights = torch.where(lag >= 0, (1 - decay) * decay ** lag.clamp(min=0), torch.zeros_like(lag))
+        out.append(chunk @ weights.T + start * decay ** (steps + 1))
+        start = out[-1][..., -1:]
+    return torch.cat(out, dim=-1)
 
 
 @register
@@ -302,11 +332,11 @@ class BandCRN(CRN):
     a wider GRU for a fifth fewer MACs than ``crn``, and a gain that is smooth above 2 kHz."""
 
     name = "crn_erb"
-    DEFAULTS = {"widths": list(CRN.DEFAULT_WIDTHS), "hidden": 256, "bands": 129}
+    DEFAULTS = {"widths": list(CRN.DEFAULT_WIDTHS), "hidden": 256, "bands": 129, "mean_norm_s": 0.0}
 
     def __init__(self, widths: tuple[int, ...] | list[int] = CRN.DEFAULT_WIDTHS, hidden: int = 256,
-                 bands: int = 129):
-        super().__init__(widths, hidden, bands)
+                 bands: int = 129, mean_norm_s: float = 0.0):
+        super().__init__(widths, hidden, bands, mean_norm_s)
 
 
 def _architecture(arch: str) -> type[MaskNet]:

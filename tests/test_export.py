@@ -52,10 +52,18 @@ def test_onnx_runtime_matches_pytorch(arch, tmp_path):
     np.testing.assert_allclose(enhance_array(runtime, x, 0.9), enhance_array(net, x, 0.9), atol=1e-4)
 
 
-def test_streaming_network_streams_through_onnx_with_its_state(tmp_path):
-    net = _trained_like("crn")
+@pytest.mark.parametrize("mean_norm_s", [0.0, 0.5])
+def test_streaming_network_streams_through_onnx_with_its_state(mean_norm_s):
+    torch.manual_seed(0)
+    net = build_model("crn", mean_norm_s=mean_norm_s)
+    net.train()
+    net(torch.rand(2, 1, 257, 64) * 5)
+    net.eval()
     runtime = OnnxNet(export_onnx(net, None))
-    assert runtime.streamable and len(runtime.meta["state_shapes"]) == 5
+    assert runtime.streamable and len(runtime.meta["state_shapes"]) == 5 + bool(mean_norm_s)
+    mag = torch.rand(1, 1, 257, 301) * 3  # whole, past the running mean's 64-frame blocks
+    with torch.no_grad():
+        np.testing.assert_allclose(runtime(mag).numpy(), net(mag).numpy(), atol=1e-4)
     x = _noisy_speech(2.0)
     stream = StreamingEnhancer(runtime, 1, segment=128)
     out = np.concatenate([stream.push(x[None, i:i + 128]) for i in range(0, len(x), 128)] + [stream.finish()], 1)

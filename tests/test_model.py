@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from speech_enhance.model import MaskCNN, build_model, load_model, save_model
-from speech_enhance.model.net import ARCHITECTURES, complexity
+from speech_enhance.model.net import ARCHITECTURES, complexity, running_mean
 from speech_enhance.model.train import early_stopping_update
 
 
@@ -96,16 +96,28 @@ def test_declared_context_is_what_the_network_sees(arch):
     assert frames[-1] == (199 if math.isinf(model.past_frames) else 100 + model.past_frames)
 
 
-def test_the_crn_streams_chunk_by_chunk_as_it_runs_whole():
+@pytest.mark.parametrize("mean_norm_s", [0.0, 0.5])
+def test_the_crn_streams_chunk_by_chunk_as_it_runs_whole(mean_norm_s):
     torch.manual_seed(0)
-    model = build_model("crn", [8, 8, 8, 8], hidden=16).eval()
-    x = torch.rand(2, 1, 257, 50)
+    model = build_model("crn", [8, 8, 8, 8], hidden=16, mean_norm_s=mean_norm_s).eval()
+    assert len(model.zero_state()) == 5 + bool(mean_norm_s)  # the running mean rides in the state
+    x = torch.rand(2, 1, 257, 150)  # whole: three blocks of the running mean
     with torch.no_grad():
         whole, state, parts = model(x), None, []
-        for start in range(0, 50, 7):
+        for start in range(0, 150, 7):
             mask, state = model.stream(x[..., start:start + 7], state)
             parts.append(mask)
     torch.testing.assert_close(torch.cat(parts, dim=-1), whole, atol=1e-6, rtol=0)
+
+
+def test_running_mean_is_the_exponential_average_from_its_start():
+    x = torch.tensor([1.0, 1.0, 1.0, 5.0]).reshape(1, 1, 1, 4)
+    # m = 0.5 m + 0.5 x from 2: 1.5, 1.25, 1.125, 3.0625; in blocks of 3 or 1 frames alike
+    for block in (3, 1, 64):
+        m = running_mean(x, torch.full((1, 1, 1, 1), 2.0), 0.5, block=block)
+        torch.testing.assert_close(m.flatten(), torch.tensor([1.5, 1.25, 1.125, 3.0625]))
+    with pytest.raises(ValueError, match="mean_norm_s"):
+        build_model("crn", mean_norm_s=-1)
 
 
 def test_default_architectures_fit_the_budget():
