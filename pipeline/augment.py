@@ -19,8 +19,8 @@ Signal chain of one mixture (``n`` samples of clean speech)::
     noisy = speech + noise -> optional clipping at a fraction of its peak
 
 Noise made up for variety (transforms, synthetic classes) and speech gaps are drawn for
-the train split only: validation and test keep the real recordings, so checkpoints are chosen and
-scores are reported on real noise. Reverberation, SNR ranges, microphone colouring and
+the train split only: validation and test keep the real recordings, so checkpoints are
+chosen and scores are reported on real noise. Reverberation, SNR ranges, microphone colouring and
 clipping describe recording conditions and apply to every split.
 """
 
@@ -281,10 +281,8 @@ def reverberate(clean: np.ndarray, h: np.ndarray, target: str) -> tuple[np.ndarr
 
 def draw_gaps(rng: np.random.Generator, n: int) -> list[int]:
     """Speech gaps for an utterance of ``n`` samples, flat [start0, stop0, start1, ...]:
-    spans of 0.2-1.5 s that add up to 20-50% of it (they may overlap; at least half
-    of the speech stays). Real recordings
-    pause between phrases; read speech hardly does, so without gaps a network sees noise
-    alone too rarely to learn to remove it all there."""
+    spans of 0.2-1.5 s that add up to 20-50% of it (they may overlap; at least half of the
+    speech stays). Real recordings pause between phrases, read speech hardly does."""
     cover, most, total, gaps = rng.uniform(*GAP_COVER) * n, int(GAP_COVER[1] * n), 0, []
     while total < cover:
         length = min(most - total, int(rng.uniform(*GAP_SECONDS) * SAMPLE_RATE))  # the last one may be cut short
