@@ -315,13 +315,17 @@ def running_mean(x: torch.Tensor, start: torch.Tensor, decay: float, block: int 
     from m_(-1) = ``start`` ([..., 1]): as matrix products over blocks of frames, which
     train much faster than a loop over frames and keep memory bounded on long files. An
     ONNX export traces one block of any length: its frame count stays dynamic."""
-    out = []
     chunks = [x] if torch.jit.is_tracing() or x.shape[-1] <= block else x.split(block, dim=-1)
+    # One set of weights for every block: they depend on the lag alone, so a shorter last
+    # block takes their top-left corner.
+    steps = torch.arange(chunks[0].shape[-1], device=x.device, dtype=x.dtype)
+    lag = steps[:, None] - steps[None, :]  # [t, k]: frames from k to t
+    weights = torch.where(lag >= 0, (1 - decay) * decay ** lag.clamp(min=0), torch.zeros_like(lag)).T
+    carry = decay ** (steps + 1)
+    out = []
     for chunk in chunks:
-        steps = torch.arange(chunk.shape[-1], device=x.device, dtype=x.dtype)
-        lag = steps[:, None] - steps[None, :]  # [t, k]: frames from k to t
-        weights = torch.where(lag >= 0, (1 - decay) * decay ** lag.clamp(min=0), torch.zeros_like(lag))
-        out.append(chunk @ weights.T + start * decay ** (steps + 1))
+        t = chunk.shape[-1]
+        out.append(chunk @ weights[:t, :t] + start * carry[:t])
         start = out[-1][..., -1:]
     return torch.cat(out, dim=-1)
 

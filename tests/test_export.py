@@ -24,9 +24,9 @@ from speech_enhance.model.net import ARCHITECTURES
 pytest.importorskip("onnxruntime")
 
 
-def _trained_like(arch: str) -> torch.nn.Module:
+def _trained_like(arch: str, **options: object) -> torch.nn.Module:
     torch.manual_seed(0)
-    net = build_model(arch)
+    net = build_model(arch, **options)
     net.train()
     net(torch.rand(2, 1, 257, 64) * 5)  # non-trivial BatchNorm statistics
     return net.eval()
@@ -54,11 +54,7 @@ def test_onnx_runtime_matches_pytorch(arch, tmp_path):
 
 @pytest.mark.parametrize("mean_norm_s", [0.0, 0.5])
 def test_streaming_network_streams_through_onnx_with_its_state(mean_norm_s):
-    torch.manual_seed(0)
-    net = build_model("crn", mean_norm_s=mean_norm_s)
-    net.train()
-    net(torch.rand(2, 1, 257, 64) * 5)
-    net.eval()
+    net = _trained_like("crn", mean_norm_s=mean_norm_s)
     runtime = OnnxNet(export_onnx(net, None))
     assert runtime.streamable and len(runtime.meta["state_shapes"]) == 5 + bool(mean_norm_s)
     mag = torch.rand(1, 1, 257, 301) * 3  # whole, past the running mean's 64-frame blocks
