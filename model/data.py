@@ -1,25 +1,35 @@
-"""Reading patch batches: through Ray Data for training, or directly for evaluation."""
+"""Reading patch batches for training: each Train worker reads its own share of a split's
+Parquet row groups with pyarrow (:func:`shard_tables`), in a background thread, and cuts
+them into shuffled batches (:func:`patch_batches`); evaluation reads a split directly
+(:func:`local_batches`).
+
+Training reads without Ray Data: its streaming executor, run by a split coordinator actor
+for ``streaming_split``, polls without pause while it has no task in flight, taking a
+CPU that a 2-CPU machine needs for training (BENCHMARKS.md, "Training data path").
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import queue
+import threading
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
-import ray
+import pyarrow.parquet as pq
 import torch
-from ray.data.collate_fn import ArrowBatchCollateFn
 
 from speech_enhance.pipeline import storage, store
 
 TRAIN_COLUMNS = ["noisy_mag", "clean_mag"]
 PHASE_COLUMN = "noisy_phase"  # read only for losses that go back to waveforms
 ORDER_COLUMNS = ["mixture_id", "patch_index"]  # read only to join consecutive patches (sequence > 1)
-# Patches per batch that Ray Data hands over (:func:`patch_batches`): its per-batch cost
-# (~0.2 ms) spread over 256 patches instead of one training batch of 16.
-READ_BATCH = 256
+PREFETCH = 2  # row groups read ahead of the training step
+
+T = TypeVar("T")
 
 
 def columns(with_phase: bool = False, sequence: int = 1) -> list[str]:
@@ -56,15 +66,15 @@ def to_tensors(table: pa.Table) -> tuple[torch.Tensor, ...]:
     return tuple(torch.from_numpy(store.decode_column(table, c).astype("float32")).unsqueeze(1) for c in names)
 
 
-def patch_batches(iterator, batch_size: int, shuffle_buffer: int = 0, seed: int | None = None,  # noqa: ANN001
-                  read_batch: int = READ_BATCH, sequence: int = 1) -> Iterator[tuple[torch.Tensor, ...]]:
+def patch_batches(tables: Iterable[pa.Table], batch_size: int, shuffle_buffer: int = 0, seed: int | None = None,
+                  sequence: int = 1) -> Iterator[tuple[torch.Tensor, ...]]:
     """Training batches (noisy, clean[, phase]) of ``batch_size`` patches, float32
-    [batch, 1, 257, 64], from a Ray ``DataIterator`` (a Train worker's shard) or Dataset.
+    [batch, 1, 257, 64], from Arrow tables of patch rows (:func:`shard_tables`).
     With ``sequence`` > 1 (the iterator then has :data:`ORDER_COLUMNS`) each example is that
     many consecutive patches of one mixture, [batch, 1, 257, 64 × sequence], and the
     counts (``batch_size``, ``shuffle_buffer``) are of examples.
 
-    Ray Data hands over large Arrow batches whose tensor columns are read in place
+    The tables' tensor columns are read in place
     (:func:`~speech_enhance.pipeline.store.decode_column`); each training batch is then one
     gather of its patches, the only copy a patch goes through here (and its float16 →
     float32 conversion, on the gathered patches only). With ``shuffle_buffer`` the patches
@@ -88,7 +98,7 @@ def patch_batches(iterator, batch_size: int, shuffle_buffer: int = 0, seed: int 
         chunks = [[np.take(a, rest, axis=0) for a in arrays]] if len(rest) else []
         count = len(rest)
 
-    for table in iterator.iter_batches(batch_size=read_batch, batch_format="pyarrow", prefetch_batches=2):
+    for table in tables:
         names = [c for c in columns(with_phase=True) if c in table.column_names]
         arrays = [store.decode_column(table, c) for c in names]
         if sequence > 1:
@@ -102,13 +112,6 @@ def patch_batches(iterator, batch_size: int, shuffle_buffer: int = 0, seed: int 
         yield from emit(final=True)
 
 
-class PatchCollate(ArrowBatchCollateFn):
-    """Ray Data collate: Arrow batch → (noisy, clean[, phase]) tensors, decoded zero-copy."""
-
-    def __call__(self, batch: pa.Table) -> tuple[torch.Tensor, ...]:
-        return to_tensors(batch)
-
-
 def split_dir(data_dir: str | os.PathLike, split: str) -> str:
     """The split's folder (a local path or URI), checked to hold Parquet files."""
     path = storage.join(storage.resolve(data_dir), split)
@@ -117,27 +120,80 @@ def split_dir(data_dir: str | os.PathLike, split: str) -> str:
     return path
 
 
-def read_split(data_dir: str | os.PathLike, split: str, shuffle_files: bool = False,  # noqa: ANN201
-               with_phase: bool = False, sequence: int = 1):
-    """The split as a Ray Dataset of the training columns (:func:`columns`).
+def split_pieces(data_dir: str | os.PathLike, split: str) -> list[tuple[str, pq.FileMetaData, int]]:
+    """(file, its Parquet footer, row group) for every row group of a split, in file order:
+    the footers are read once, here, and reused for every epoch's reads."""
+    pieces = []
+    for path, _ in storage.list_files(split_dir(data_dir, split), ".parquet"):
+        fs, inner = storage.filesystem(path)
+        meta = pq.read_metadata(inner, filesystem=fs)
+        pieces += [(path, meta, group) for group in range(meta.num_row_groups)]
+    return pieces
 
-    Read with Ray Data's V1 Parquet reader where the Ray version has the newer V2 as its
-    default (``DataContext.use_datasource_v2``): V2 lists the files and reads their
-    footers on new actor processes in every execution, which in training is every epoch,
-    and those processes take the CPUs the training workers need; V1 reads the footers
-    once, when the dataset is created."""
-    context = ray.data.DataContext.get_current()
-    default_reader = getattr(context, "use_datasource_v2", None)
-    if default_reader is not None:
-        context.use_datasource_v2 = False
+
+def shard_tables(pieces: list[tuple[str, pq.FileMetaData, int]], columns: list[str], rank: int = 0,
+                 world: int = 1, seed: int | None = None) -> Iterator[pa.Table]:
+    """Rank ``rank`` of ``world``'s share of a split's row groups (:func:`split_pieces`),
+    as Arrow tables of ``columns``.
+
+    The row groups, in file order or, with ``seed``, in a random order drawn from it, are
+    cut into ``world`` runs of equally many rows (the last ``rows % world`` are left
+    out): every rank gets as many patches, so DDP's ranks take as many steps."""
+    if seed is not None:
+        pieces = [pieces[i] for i in np.random.default_rng(seed).permutation(len(pieces))]
+    share = sum(meta.row_group(group).num_rows for _, meta, group in pieces) // world
+    start, stop, offset = rank * share, (rank + 1) * share, 0
+    for path, meta, group in pieces:
+        rows = meta.row_group(group).num_rows
+        low, high = max(start - offset, 0), min(stop - offset, rows)
+        offset += rows
+        if low < high:
+            fs, inner = storage.filesystem(path)
+            table = pq.ParquetFile(inner, filesystem=fs, metadata=meta).read_row_group(group, columns=columns)
+            yield table.slice(low, high - low)
+
+
+class _Raised:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+def prefetched(items: Iterable[T], depth: int = PREFETCH) -> Iterator[T]:
+    """``items``, produced by a background thread up to ``depth`` ahead: Parquet reads
+    release the GIL, so reading overlaps the training step. An error in the thread is
+    raised here; closing the generator (a time limit ends the epoch) stops the thread."""
+    ready: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(done)
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer
+            put(_Raised(err))
+
+    thread = threading.Thread(target=produce, name="prefetch", daemon=True)
+    thread.start()
     try:
-        return ray.data.read_parquet(
-            split_dir(data_dir, split), columns=columns(with_phase, sequence),
-            shuffle="files" if shuffle_files else None
-        )
+        while (item := ready.get()) is not done:
+            if isinstance(item, _Raised):
+                raise item.error
+            yield item
     finally:
-        if default_reader is not None:
-            context.use_datasource_v2 = default_reader
+        stop.set()
+        thread.join()
 
 
 def local_batches(

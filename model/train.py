@@ -1,12 +1,13 @@
 """Data-parallel training of the mask CNN with Ray Train (Train V2 API).
 
-The driver (``train``) checks the run folder, hands the dataset's train/val Parquet
-folders to a ``TorchTrainer`` as Ray Datasets, and after the run exports the best
+The driver (``train``) checks the run folder, starts a ``TorchTrainer`` on the dataset
+folder, and after the run exports the best
 checkpoint as ``cnn_enhancer_best.pth`` with ``history.csv``, ``loss_curve.png``,
 ``config.json`` and ``results.json`` (test-split L1, identity-mask baseline).
 
-Each worker (``train_loop_per_worker``) streams its shard through
-:func:`~speech_enhance.model.data.patch_batches`, all-reduces the epoch's loss sums so every rank sees the same
+Each worker (``train_loop_per_worker``) reads its equal share of the split's Parquet row
+groups itself (:func:`~speech_enhance.model.data.shard_tables`, in a fresh random order
+every epoch) and batches them with :func:`~speech_enhance.model.data.patch_batches`; it all-reduces the epoch's loss sums so every rank sees the same
 validation loss and takes the same early-stopping decision (Train V2 needs every rank
 to call ``report`` equally often), and reports a checkpoint every epoch. Re-running
 the same command resumes from the latest checkpoint (Ray restores the run from
@@ -33,13 +34,12 @@ from ray.train.torch import TorchTrainer
 from torch import nn
 
 from speech_enhance.model.config import TrainConfig
-from speech_enhance.model.data import columns, patch_batches, read_split
+from speech_enhance.model.data import columns, patch_batches, prefetched, shard_tables, split_pieces
 from speech_enhance.model.evaluate import calibrate_strength, describe_strength, identity_l1, test_l1
 from speech_enhance.model.losses import LOSSES, Loss, get_loss
 from speech_enhance.model.net import build_model, complexity, model_config, save_model
 from speech_enhance.pipeline import storage
-from speech_enhance.pipeline.cluster import hide_ray_data_progress, init_ray
-from speech_enhance.pipeline.config import PATCH_TENSORS
+from speech_enhance.pipeline.cluster import init_ray
 from speech_enhance.pipeline.dataset import read_dataset_info
 from speech_enhance.pipeline.dsp import PATCH_FRAMES
 
@@ -168,13 +168,15 @@ def train_loop_per_worker(config: dict) -> None:
     start_steps = _adam_steps(optimizer)
 
     sequence = config.get("sequence", 1)
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val")
+    world = context.get_world_size()
+    names = columns(loss_fn.needs_phase, sequence)
+    pieces = {split: split_pieces(config["data"], split) for split in ("train", "val")}
     limit = config.get("time_limit")
     for epoch in range(state["epoch"] + 1, config["epochs"] + 1):
         started = time.time()
         deadline = started + limit * 60 - state.get("train_seconds", 0.0) if limit else None
-        train_batches = patch_batches(train_shard, config["batch_size"] // sequence,
+        train_tables = prefetched(shard_tables(pieces["train"], names, rank, world, seed=config["seed"] + epoch))
+        train_batches = patch_batches(train_tables, config["batch_size"] // sequence,
                                       config["shuffle_buffer"] // sequence, seed=config["seed"] + epoch,
                                       sequence=sequence)
         train_sums = _run_epoch(model, train_batches, device, optimizer, amp, loss_fn, deadline, sequence > 1)
@@ -182,7 +184,8 @@ def train_loop_per_worker(config: dict) -> None:
         state["train_seconds"] = state.get("train_seconds", 0.0) + train_seconds
         # Every rank stopped at the same step, so this is the same on all of them.
         out_of_time = deadline is not None and _past_deadline(deadline, device)
-        val_batches = patch_batches(val_shard, max(64, config["batch_size"]) // sequence, sequence=sequence)
+        val_tables = prefetched(shard_tables(pieces["val"], names, rank, world))
+        val_batches = patch_batches(val_tables, max(64, config["batch_size"]) // sequence, sequence=sequence)
         with torch.no_grad():
             val_sums = _run_epoch(model, val_batches, device, amp=amp, loss_fn=loss_fn, uneven=sequence > 1)
         t_loss, t_patches, v_loss, v_patches = _all_reduce_sum([*train_sums, *val_sums], device)
@@ -238,8 +241,9 @@ def _use_gpu(setting: str) -> bool:
 def _resources(cfg: TrainConfig, use_gpu: bool) -> tuple[float, int]:
     """CPUs to reserve per worker and torch threads per worker.
 
-    Workers that take every CPU starve Ray Data's read tasks and training hangs, so
-    on small clusters each worker reserves at most its share of all-but-one CPU."""
+    On small clusters each worker reserves at most its share of all-but-one CPU, so a
+    CPU stays free for other Ray work on the cluster (an ``evaluate``'s Ray Data tasks);
+    a reservation only gates scheduling: the workers' torch threads use every CPU."""
     total = ray.cluster_resources().get("CPU", 1)
     if cfg.cpus_per_worker is not None:
         cpus = cfg.cpus_per_worker
@@ -252,38 +256,6 @@ def _resources(cfg: TrainConfig, use_gpu: bool) -> tuple[float, int]:
     else:
         threads = max(1, int(total // cfg.workers)) if not use_gpu else max(1, int(cpus))
     return cpus, threads
-
-
-def _ingest_options() -> ray.data.ExecutionOptions:
-    """Ray Data options for the training datasets: the driver's, as Ray Train's default
-    (``DataConfig.default_ingest_options``) takes them, without the deprecated
-    ``exclude_resources`` that the default copies over (and warns about)."""
-    options = ray.data.DataContext.get_current().execution_options
-    return ray.data.ExecutionOptions(resource_limits=options.resource_limits, preserve_order=options.preserve_order,
-                                     verbose_progress=options.verbose_progress)
-
-
-# Hold the train and val splits in Ray's object store when they take at most this share
-# of it: every epoch after the first then reads memory instead of Parquet (BENCHMARKS.md,
-# "Training data path": 16,500 against 2,700 patches/s, first batch 0.10 s against 0.42 s).
-MATERIALIZE_SHARE = 0.5
-
-
-def training_datasets(data: str, info: dict, with_phase: bool, log=print, sequence: int = 1) -> dict:  # noqa: ANN001
-    """The train and val splits as Ray Datasets: read once into the object store when they
-    fit in :data:`MATERIALIZE_SHARE` of it (the train split's block order shuffled every
-    epoch), else streamed from Parquet with the file order shuffled every epoch."""
-    share = len(columns(with_phase)) / len(PATCH_TENSORS)  # the columns read, of those stored
-    needed = share * sum(info.get("splits", {}).get(s, {}).get("bytes", 0) for s in ("train", "val"))
-    capacity = ray.cluster_resources().get("object_store_memory", 0)
-    if needed and needed <= MATERIALIZE_SHARE * capacity:
-        log(f"holding the train and val splits in Ray's object store ({needed / 2**30:.1f} of "
-            f"{capacity / 2**30:.1f} GiB)")
-        return {"train": read_split(data, "train", with_phase=with_phase, sequence=sequence).materialize()
-                .randomize_block_order(),
-                "val": read_split(data, "val", with_phase=with_phase, sequence=sequence).materialize()}
-    return {"train": read_split(data, "train", shuffle_files=True, with_phase=with_phase, sequence=sequence),
-            "val": read_split(data, "val", with_phase=with_phase, sequence=sequence)}
 
 
 def _worker_resources(cpus: float, use_gpu: bool) -> dict:
@@ -325,8 +297,6 @@ def train(cfg: TrainConfig, overwrite: bool = False, log=print, callbacks: list 
     _check_run_dir(out, config, overwrite)
     storage.make_dirs(out)
     init_ray()
-    # Per-epoch lines are the progress report; Ray Data's bars would repeat per epoch.
-    hide_ray_data_progress()
     use_gpu = _use_gpu(cfg.gpu)
     cpus, threads = _resources(cfg, use_gpu)
     size = complexity(build_model(cfg.arch, cfg.widths, **(cfg.model_options or {})))
@@ -338,15 +308,13 @@ def train(cfg: TrainConfig, overwrite: bool = False, log=print, callbacks: list 
         f"{size['macs_per_second'] / 1e6:.0f} M MACs per second of audio), loss {cfg.loss}, on {cfg.workers} "
         f"{'GPU' if use_gpu else 'CPU'} worker(s) ({cpus:g} CPU reserved and {threads} torch threads each); "
         f"run folder {out}")
-    with_phase = get_loss(cfg.loss).needs_phase  # waveform losses read the noisy phase too
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={**config, "torch_threads": threads},
+        # Workers read the dataset themselves: hand them its absolute path or URI.
+        train_loop_config={**config, "data": storage.resolve(cfg.data), "torch_threads": threads},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker=_worker_resources(cpus, use_gpu)
         ),
-        datasets=training_datasets(cfg.data, dataset_info, with_phase, log, cfg.sequence),
-        dataset_config=ray.train.DataConfig(execution_options=_ingest_options()),
         run_config=ray.train.RunConfig(
             name=RAY_RUN_NAME,
             storage_path=str(out),

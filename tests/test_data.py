@@ -1,53 +1,102 @@
-"""Reading the dataset's splits through Ray Data for training."""
+"""Reading the dataset's splits for training: each worker's share of the row groups, batches."""
+
+import threading
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
-from speech_enhance.model.data import join_patches, patch_batches, read_split, sequence_starts
+from speech_enhance.model.data import (
+    columns,
+    join_patches,
+    patch_batches,
+    prefetched,
+    sequence_starts,
+    shard_tables,
+    split_pieces,
+)
 from speech_enhance.pipeline import store
 
 
-def _actor_classes() -> dict[str, str]:
-    from ray.util.state import list_actors
-
-    return {a.actor_id: a.class_name for a in list_actors(limit=10_000)}
-
-
-@pytest.mark.timeout(120)
-def test_every_epoch_reads_the_split_without_starting_actors(tiny_dataset, ray_session):
-    dataset = read_split(tiny_dataset, "train", shuffle_files=True)
-    before = _actor_classes()
-    rows = []
-    for _ in range(2):  # two epochs
-        rows.append(sum(len(batch["noisy_mag"]) for batch in dataset.iter_batches(batch_size=16)))
-    started = [name for actor, name in _actor_classes().items() if actor not in before]
-    assert rows[0] == rows[1] > 0
-    # Ray 2.60's default Parquet reader started two FooterReader actors (new worker
-    # processes) for every execution.
-    assert started == []
+def _patch_files(folder, sizes, group=4):
+    """Parquet files of patches numbered 0, 1, ... in file order, ``group`` rows per row group."""
+    (folder / "train").mkdir(parents=True)
+    start = 0
+    for i, size in enumerate(sizes):
+        ids = np.arange(start, start + size)
+        patches = np.broadcast_to(ids[:, None, None], (size, 257, 64)).astype("float16")
+        table = store.to_arrow({"noisy_mag": patches, "clean_mag": -patches}).append_column(
+            "mixture_id", pa.array(ids))
+        pq.write_table(table, folder / "train" / f"part-{i}.parquet", row_group_size=group)
+        start += size
+    return folder
 
 
-class _Tables:
-    """Stands in for a Ray DataIterator: hands out Arrow batches of ``rows`` patches."""
+def _ids(tables):
+    return [int(v) for t in tables for v in store.decode_column(t, "noisy_mag")[:, 0, 0]]
 
-    def __init__(self, total: int, dtype: str, rows: int = 10):
-        self.total, self.dtype, self.rows = total, dtype, rows
 
-    def iter_batches(self, batch_size: int, batch_format: str, prefetch_batches: int):
-        assert batch_format == "pyarrow"
-        for start in range(0, self.total, self.rows):
-            ids = np.arange(start, min(start + self.rows, self.total))
-            patches = np.broadcast_to(ids[:, None, None], (len(ids), 257, 64)).astype(self.dtype)
-            yield store.to_arrow({"noisy_mag": patches, "clean_mag": -patches})
+def test_ranks_share_the_row_groups_equally_in_a_seeded_order(tmp_path):
+    pieces = split_pieces(_patch_files(tmp_path, [10, 7, 9]), "train")  # 26 rows in 3 + 2 + 3 row groups
+    assert [(p.rsplit("-", 1)[1], group) for p, _, group in pieces] == [
+        ("0.parquet", 0), ("0.parquet", 1), ("0.parquet", 2), ("1.parquet", 0), ("1.parquet", 1),
+        ("2.parquet", 0), ("2.parquet", 1), ("2.parquet", 2)]
+    assert _ids(shard_tables(pieces, ["noisy_mag"])) == list(range(26))  # one rank, no seed: file order
+    for seed in (None, 3):
+        shares = [_ids(shard_tables(pieces, ["noisy_mag"], rank, 3, seed)) for rank in range(3)]
+        assert [len(s) for s in shares] == [8, 8, 8]  # 26 // 3 each; two rows left out
+        assert len(set(sum(shares, []))) == 24
+    # Cut inside row groups: rank 1's run starts two rows into file 0's third group (rows 8, 9).
+    assert _ids(shard_tables(pieces, ["noisy_mag"], 1, 3)) == list(range(8, 16))
+    epoch = [_ids(shard_tables(pieces, ["noisy_mag"], 0, 1, seed)) for seed in (1, 1, 2)]
+    assert epoch[0] == epoch[1] != epoch[2] and sorted(epoch[0]) == list(range(26))
+    assert epoch[0] != list(range(26))
+    table = next(shard_tables(pieces, columns(sequence=1)))
+    assert table.column_names == ["noisy_mag", "clean_mag"]  # only the columns asked for
+
+
+def test_prefetched_yields_in_order_raises_the_readers_error_and_stops_when_closed():
+    assert list(prefetched(iter(range(50)), depth=2)) == list(range(50))
+
+    def failing():
+        yield 1
+        raise OSError("disk gone")
+
+    got = []
+    with pytest.raises(OSError, match="disk gone"):
+        for item in prefetched(failing()):
+            got.append(item)
+    assert got == [1]
+    produced = []
+
+    def endless():
+        for i in range(10**9):
+            produced.append(i)
+            yield i
+
+    before = threading.active_count()
+    stream = prefetched(endless(), depth=2)
+    assert [next(stream) for _ in range(3)] == [0, 1, 2]
+    stream.close()  # as a time limit ends an epoch
+    assert threading.active_count() == before
+    assert len(produced) <= 3 + 2 + 2  # taken, queued, one in hand at the stop
+
+
+def _tables(total: int, dtype: str, rows: int = 10):
+    """Arrow tables of ``rows`` patches numbered 0 .. total - 1."""
+    for start in range(0, total, rows):
+        ids = np.arange(start, min(start + rows, total))
+        patches = np.broadcast_to(ids[:, None, None], (len(ids), 257, 64)).astype(dtype)
+        yield store.to_arrow({"noisy_mag": patches, "clean_mag": -patches})
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_patch_batches_deliver_every_patch_once_per_epoch_in_seeded_order(dtype):
     def ids(seed, shuffle):
         out = []
-        for noisy, clean in patch_batches(_Tables(103, dtype), 16, shuffle_buffer=shuffle, seed=seed, read_batch=10):
+        for noisy, clean in patch_batches(_tables(103, dtype), 16, shuffle_buffer=shuffle, seed=seed):
             assert noisy.dtype == torch.float32 and noisy.shape[1:] == (1, 257, 64)
             torch.testing.assert_close(clean, -noisy)
             out.append(noisy[:, 0, 0, 0].int().tolist())
@@ -77,18 +126,14 @@ def test_sequences_join_consecutive_patches_of_one_mixture_and_leave_the_rest_ou
     assert joined.shape == (5, 2, 6)
     np.testing.assert_array_equal(joined[1], np.concatenate([patches[2], patches[3]], axis=1))  # along time
 
-    class Ordered(_Tables):
-        def iter_batches(self, batch_size: int, batch_format: str, prefetch_batches: int):
-            for table in super().iter_batches(batch_size, batch_format, prefetch_batches):
-                ids = np.arange(self.served, self.served + table.num_rows)
-                self.served += table.num_rows
-                yield table.append_column("mixture_id", pa.array(ids // 5)).append_column(
-                    "patch_index", pa.array(ids % 5, type=pa.int32()))
+    def ordered(total, rows):
+        for start, table in zip(range(0, total, rows), _tables(total, "float32", rows), strict=True):
+            ids = np.arange(start, start + table.num_rows)
+            yield table.append_column("mixture_id", pa.array(ids // 5)).append_column(
+                "patch_index", pa.array(ids % 5, type=pa.int32()))
 
-    tables = Ordered(40, "float32", rows=20)
-    tables.served = 0
     seen = []
-    for noisy, clean in patch_batches(tables, 3, sequence=2, read_batch=20):
+    for noisy, clean in patch_batches(ordered(40, 20), 3, sequence=2):
         assert noisy.shape[1:] == (1, 257, 128)
         torch.testing.assert_close(clean, -noisy)
         first, second = noisy[:, 0, 0, 0].int(), noisy[:, 0, 0, 64].int()
