@@ -1,23 +1,25 @@
-"""Training data path throughput, no model attached: how fast patches reach the training
-step, for the path `train` uses and the one it used before.
+"""Training data path throughput: how fast patches reach the training step, no model attached,
+for the path `train` uses and Ray Data's.
 
-    python bench/loader_throughput.py --data DATA [--batch-size 16] [--epochs 4] [--path patch_batches ...]
+    python bench/loader_throughput.py --data DATA [--batch-size 16] [--epochs 4] [--path shard_tables ...]
 
-Each path reads the train split as `train` does (`read_split`, files shuffled per epoch)
-and iterates it in the driver process, one `DataIterator` as a Train worker's shard is:
+Each path reads the train split's noisy and clean magnitudes, shuffled per epoch, as one
+rank of one, and cuts them into batches with model.data.patch_batches (256-patch shuffle
+window):
 
-    patch_batches      model.data.patch_batches: 256-patch Arrow batches from Ray Data, read in
-                       place, each training batch one gather (what `train` uses)
-    iter_torch_batches Ray Data's iter_torch_batches with the PatchCollate collate function and
-                       a 256-patch local shuffle buffer (what `train` used before)
-
-With --materialize each path also runs over the split held in Ray's object store, its
-block order shuffled per epoch: what `train` does when the splits fit
-(model.train.training_datasets).
+    shard_tables     model.data.shard_tables in a prefetch thread: the row groups read with
+                     pyarrow in a random order (what `train` does in every worker)
+    ray_data         Ray Data's read_parquet (files shuffled) through `streaming_split(1)`,
+                     256-patch Arrow batches: what `train` did, a Train worker's shard
+    ray_data_memory  the same, the split first read into Ray's object store (`materialize()`,
+                     block order shuffled per epoch): what `train` did when the splits fit
 
 Prints JSON: per path, ``patches_per_s`` (median over the epochs after the first),
-``first_batch_s`` (median time to the first batch of those epochs) and the first epoch's
-figures. Copy it into BENCHMARKS.md.
+``first_batch_s`` (median time to the first batch of those epochs), the first epoch's
+figures, and ``cpu_s_per_1000_patches``: CPU seconds that every process of the machine
+spent (``/proc/stat``) per 1,000 patches delivered, over the epochs after the first.
+That is what the data path takes from training on a small machine. Copy it into
+BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -32,38 +34,60 @@ import time
 import ray
 import torch
 
-from speech_enhance.model.data import PatchCollate, patch_batches, read_split
+from speech_enhance.model.data import (
+    columns,
+    patch_batches,
+    prefetched,
+    shard_tables,
+    split_dir,
+    split_pieces,
+)
 from speech_enhance.pipeline.cluster import hide_ray_data_progress, init_ray
 
 SHUFFLE_BUFFER = 256
+READ_BATCH = 256  # rows per Arrow batch Ray Data hands over (what train asked for)
 
 
-def batches(path: str, iterator, batch_size: int, epoch: int):  # noqa: ANN001, ANN201
-    if path == "patch_batches":
-        return patch_batches(iterator, batch_size, SHUFFLE_BUFFER, seed=epoch)
-    return iterator.iter_torch_batches(batch_size=batch_size, collate_fn=PatchCollate(),
-                                       local_shuffle_buffer_size=SHUFFLE_BUFFER, local_shuffle_seed=epoch)
+def machine_cpu_seconds() -> float:
+    """CPU seconds spent by every process since boot (user + nice + system)."""
+    with open("/proc/stat") as stat:
+        fields = stat.readline().split()[1:]
+    return (int(fields[0]) + int(fields[1]) + int(fields[2])) / os.sysconf("SC_CLK_TCK")
 
 
-def measure(path: str, data: str, batch_size: int, epochs: int, materialize: bool = False) -> dict:
-    dataset = read_split(data, "train", shuffle_files=not materialize)
-    if materialize:  # read once into Ray's object store; block order shuffled per epoch
+def epochs_of(path: str, data: str, epochs: int):  # noqa: ANN201
+    """One iterable of Arrow tables per epoch."""
+    if path == "shard_tables":
+        pieces = split_pieces(data, "train")
+        return [prefetched(shard_tables(pieces, columns(), seed=epoch)) for epoch in range(epochs)]
+    dataset = ray.data.read_parquet(split_dir(data, "train"), columns=columns(),
+                                    shuffle=None if path == "ray_data_memory" else "files")
+    if path == "ray_data_memory":
         dataset = dataset.materialize().randomize_block_order()
-    iterator = dataset.iterator()
-    rates, firsts = [], []
-    for epoch in range(epochs):
-        started = time.perf_counter()
+    shard = dataset.streaming_split(1)[0]
+    return [shard.iter_batches(batch_size=READ_BATCH, batch_format="pyarrow", prefetch_batches=2)
+            for _ in range(epochs)]
+
+
+def measure(path: str, data: str, batch_size: int, epochs: int) -> dict:
+    rates, firsts, cpu, delivered = [], [], 0.0, 0
+    for epoch, tables in enumerate(epochs_of(path, data, epochs)):
+        started, cpu_started = time.perf_counter(), machine_cpu_seconds()
         first, patches = None, 0
-        for noisy, clean in batches(path, iterator, batch_size, epoch):
+        for noisy, clean in patch_batches(tables, batch_size, SHUFFLE_BUFFER, seed=epoch):
             if first is None:
                 first = time.perf_counter() - started
             patches += noisy.shape[0]
             assert clean.dtype == torch.float32
         rates.append(patches / (time.perf_counter() - started))
         firsts.append(first)
+        if epoch:
+            cpu += machine_cpu_seconds() - cpu_started
+            delivered += patches
     return {"patches_per_epoch": patches, "patches_per_s": statistics.median(rates[1:]),
             "first_batch_s": statistics.median(firsts[1:]), "first_epoch_patches_per_s": rates[0],
-            "first_epoch_first_batch_s": firsts[0], "per_epoch_patches_per_s": rates}
+            "first_epoch_first_batch_s": firsts[0], "cpu_s_per_1000_patches": 1000 * cpu / delivered,
+            "per_epoch_patches_per_s": rates}
 
 
 def main() -> None:
@@ -71,9 +95,8 @@ def main() -> None:
     parser.add_argument("--data", required=True)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--materialize", action="store_true", help="also each path over the materialized split")
-    parser.add_argument("--path", nargs="+", default=["patch_batches", "iter_torch_batches"],
-                        choices=["patch_batches", "iter_torch_batches"])
+    paths = ["shard_tables", "ray_data", "ray_data_memory"]
+    parser.add_argument("--path", nargs="+", default=paths, choices=paths)
     args = parser.parse_args()
     init_ray()
     hide_ray_data_progress()
@@ -82,8 +105,6 @@ def main() -> None:
                "date": time.strftime("%Y-%m-%d")}
     for path in args.path:
         results[path] = measure(path, args.data, args.batch_size, args.epochs)
-        if args.materialize:
-            results[f"{path}_materialized"] = measure(path, args.data, args.batch_size, args.epochs, True)
     print(json.dumps(results, indent=2))
 
 

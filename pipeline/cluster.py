@@ -29,8 +29,9 @@ def worker_runtime_env() -> dict:
     """The runtime environment of this job's Ray workers.
 
     OpenMP threads (torch's CPU kernels) spin-wait after each parallel region by
-    default; in a Ray worker that shares its CPUs with Ray Data's readers that spinning
-    takes their time, so workers run passive. glibc's malloc keeps freed memory for reuse
+    default; in a Ray worker that shares its CPUs with other workers (Ray Data's build
+    tasks, the other training workers and their read-ahead threads) that spinning takes
+    their time, so workers run passive. glibc's malloc keeps freed memory for reuse
     (:mod:`speech_enhance.pipeline.allocator`). A value already in the environment wins.
     Every worker process runs :func:`setup_worker_process` when it starts."""
     env = {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"), **allocator.worker_env()}

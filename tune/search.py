@@ -64,10 +64,9 @@ def plan_concurrency(cfg: TuneConfig, cpus: float, gpus: float) -> tuple[int, fl
 
     A trial's driver function only waits on its TorchTrainer, so the trial itself
     reserves no CPU; its training workers reserve theirs in Train's own placement group.
-    Ray Data's read tasks are scheduled with the SPREAD strategy, outside any trial's
-    placement group, so they need CPUs nobody reserved: one CPU is always left free
-    for them (on 2 CPUs, with every CPU reserved by trials, the reads never start).
-    Trials never ask for more than exists."""
+    One CPU is always left unreserved, for Ray's own actors and other work on the
+    cluster (training reads its data in its workers, so trials do not need it). Trials
+    never ask for more than exists."""
     workers = cfg.workers_per_trial
     spare = max(cpus - 1, 0.25 * workers)
     worker_cpus = 1.0 if cfg.gpus_per_trial else max(0.25, min(1.0, spare / workers))
