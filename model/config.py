@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, replace
 
-from speech_enhance.model.losses import LOSSES
+from speech_enhance.model.losses import LOSSES, get_loss
 from speech_enhance.model.net import ARCHITECTURES, build_model, default_widths
 
 
@@ -32,11 +32,12 @@ class TrainConfig:
     widths: list[int] | None = None  # channel widths; None: the architecture's default
     model_options: dict | None = None  # other constructor arguments, e.g. {"hidden": 256} for crn
     loss: str = "mag_l1"  # model.losses.LOSSES
+    loss_options: dict | None = None  # the loss's weights changed from their defaults, e.g. {"sisdr_weight": 0.003}
     step_size: int | None = None  # StepLR step in epochs; None: StepLR off
     gamma: float = 0.5  # StepLR decay factor
     workers: int = 1  # data-parallel workers
     gpu: str = "auto"  # auto | yes | no
-    cpus_per_worker: float | None = None  # None: leave a CPU for Ray Data on small machines
+    cpus_per_worker: float | None = None  # None: leave a CPU unreserved on small machines
     torch_threads: int | None = None  # None: the CPUs of the node divided among the workers
     seed: int = 0
     shuffle_buffer: int = 256  # patches in each worker's local shuffle buffer
@@ -78,6 +79,10 @@ class TrainConfig:
         for option, value, ok, rule in checks:
             if not ok:
                 raise ValueError(f"{option} must be {rule}, got {value!r}")
+        try:
+            get_loss(self.loss, **(self.loss_options or {}))
+        except ValueError as err:
+            raise ValueError(f"--loss-option: {err}") from None
         widths = list(self.widths) if self.widths else default_widths(self.arch)
         try:
             build_model(self.arch, widths, **(self.model_options or {}))

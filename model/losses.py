@@ -23,10 +23,14 @@ overlap-add.
   does. Magnitude losses, even compressed, weigh a bin by its level, so the quiet bins
   between and around speech, and speech pauses, where leftover noise is heard, count little.
 - ``sisdr``: negative SI-SDR of the patch waveforms, in dB.
-- ``cmag_mse_sisdr`` / ``cmag_asym_sisdr``: ``cmag_mse`` / ``cmag_asym`` plus 0.001 ×
+- ``cmag_mse_sisdr`` / ``cmag_asym_sisdr``: ``cmag_mse`` / ``cmag_asym`` plus ``SISDR_WEIGHT`` (0.001) ×
   negative SI-SDR in dB (both about 0.01 at the start of training): the spectral fit and
   the waveform measure people report.
 - ``cmag_mask_asym_sisdr``: ``cmag_asym_sisdr`` plus ``MASK_WEIGHT`` × ``mask_asym``.
+
+Weights and factors are options (``train --loss-option NAME=VALUE``, :func:`get_loss`):
+``over_suppression`` of the asymmetric losses, ``sisdr_weight`` and ``mask_weight`` of the
+sums. They are saved in the run's config with the loss's name.
 """
 
 from __future__ import annotations
@@ -43,11 +47,20 @@ OVER_SUPPRESSION = 4.0  # cmag_asym: weight of a bin's squared error where enhan
 MASK_POWER = 0.5  # mask_mse compares square roots of the masks, as RNNoise's loss does
 SOUND_FLOOR = 1e-6  # mask_mse: bins of a quieter noisy magnitude have no defined mask
 MASK_WEIGHT = 0.5  # cmag_mask_asym_sisdr: mask_asym's weight
+SISDR_WEIGHT = 1e-3  # the *_sisdr losses: the SI-SDR term's weight (per dB)
 
 
 class Loss:
     name: ClassVar[str]
     needs_phase: ClassVar[bool] = False
+
+    def options(self) -> dict[str, float]:
+        """The settings ``train --loss-option NAME=VALUE`` may change, with their values."""
+        return {}
+
+    def configured(self, **options: float) -> Loss:
+        """A copy with some of :meth:`options` changed (all of them known: see :func:`get_loss`)."""
+        return self
 
     def __call__(self, enhanced: torch.Tensor, clean: torch.Tensor, phase: torch.Tensor | None = None,
                  noisy: torch.Tensor | None = None) -> torch.Tensor:
@@ -83,6 +96,12 @@ class CompressedMagnitude(Loss):
             raise ValueError(f"kind must be l1, mse or asym, got {kind!r}")
         self.kind, self.power, self.over_suppression = kind, power, over_suppression
         self.name = f"cmag_{kind}"
+
+    def options(self) -> dict[str, float]:
+        return {"over_suppression": self.over_suppression} if self.kind == "asym" else {}
+
+    def configured(self, **options: float) -> Loss:
+        return CompressedMagnitude(self.kind, self.power, options.get("over_suppression", self.over_suppression))
 
     def __call__(self, enhanced: torch.Tensor, clean: torch.Tensor, phase: torch.Tensor | None = None,
                  noisy: torch.Tensor | None = None) -> torch.Tensor:
@@ -131,6 +150,12 @@ class RatioMask(Loss):
         self.kind, self.over_suppression = kind, over_suppression
         self.name = f"mask_{kind}"
 
+    def options(self) -> dict[str, float]:
+        return {"over_suppression": self.over_suppression} if self.kind == "asym" else {}
+
+    def configured(self, **options: float) -> Loss:
+        return RatioMask(self.kind, options.get("over_suppression", self.over_suppression))
+
     def __call__(self, enhanced: torch.Tensor, clean: torch.Tensor, phase: torch.Tensor | None = None,
                  noisy: torch.Tensor | None = None) -> torch.Tensor:
         if noisy is None:
@@ -143,11 +168,20 @@ class RatioMask(Loss):
 
 
 class Sum(Loss):
-    """``first`` + ``weight`` × ``second``."""
+    """``first`` + ``weight`` × ``second``; ``weight_option`` names the weight among the
+    options, next to those of the two parts (an option of both sets both)."""
 
-    def __init__(self, name: str, first: Loss, second: Loss, weight: float):
+    def __init__(self, name: str, first: Loss, second: Loss, weight: float, weight_option: str):
         self.name, self.first, self.second, self.weight = name, first, second, weight
+        self.weight_option = weight_option
         self.needs_phase = first.needs_phase or second.needs_phase
+
+    def options(self) -> dict[str, float]:
+        return {**self.first.options(), **self.second.options(), self.weight_option: self.weight}
+
+    def configured(self, **options: float) -> Loss:
+        return Sum(self.name, self.first.configured(**options), self.second.configured(**options),
+                   options.get(self.weight_option, self.weight), self.weight_option)
 
     def __call__(self, enhanced: torch.Tensor, clean: torch.Tensor, phase: torch.Tensor | None = None,
                  noisy: torch.Tensor | None = None) -> torch.Tensor:
@@ -160,16 +194,26 @@ LOSSES: dict[str, Loss] = {loss.name: loss for loss in (
     CompressedMagnitude("mse"),
     CompressedMagnitude("asym"),
     NegativeSISDR(),
-    Sum("cmag_mse_sisdr", CompressedMagnitude("mse"), NegativeSISDR(), 1e-3),
-    Sum("cmag_asym_sisdr", CompressedMagnitude("asym"), NegativeSISDR(), 1e-3),
+    Sum("cmag_mse_sisdr", CompressedMagnitude("mse"), NegativeSISDR(), SISDR_WEIGHT, "sisdr_weight"),
+    Sum("cmag_asym_sisdr", CompressedMagnitude("asym"), NegativeSISDR(), SISDR_WEIGHT, "sisdr_weight"),
     RatioMask("mse"),
     RatioMask("asym"),
-    Sum("cmag_mask_asym_sisdr", Sum("", CompressedMagnitude("asym"), RatioMask("asym"), MASK_WEIGHT),
-        NegativeSISDR(), 1e-3),
+    Sum("cmag_mask_asym_sisdr", Sum("", CompressedMagnitude("asym"), RatioMask("asym"), MASK_WEIGHT, "mask_weight"),
+        NegativeSISDR(), SISDR_WEIGHT, "sisdr_weight"),
 )}
 
 
-def get_loss(name: str) -> Loss:
+def get_loss(name: str, **options: float) -> Loss:
+    """The loss called ``name``, with ``options`` (``train --loss-option``) changed from
+    their defaults; ValueError for an unknown loss, option or a value that is not a
+    non-negative number."""
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; choose from {', '.join(LOSSES)}")
-    return LOSSES[name]
+    loss = LOSSES[name]
+    known = loss.options()
+    for option, value in options.items():
+        if option not in known:
+            raise ValueError(f"the {name} loss has no option {option!r}; it has: {', '.join(known) or 'none'}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+            raise ValueError(f"loss option {option} must be a non-negative number, got {value!r}")
+    return loss.configured(**options) if options else loss

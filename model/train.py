@@ -137,7 +137,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     model = ray.train.torch.prepare_model(
         build_model(config["arch"], config["widths"], **(config.get("model_options") or {})))
-    loss_fn = get_loss(config["loss"])
+    loss_fn = get_loss(config["loss"], **(config.get("loss_options") or {}))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
     scheduler = (
         torch.optim.lr_scheduler.StepLR(optimizer, config["step_size"], config["gamma"])

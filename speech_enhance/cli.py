@@ -66,7 +66,7 @@ def _widths(value: str) -> list[int]:
 def _model_option(value: str) -> tuple[str, object]:
     name, sep, raw = value.partition("=")
     if not sep or not name:
-        raise argparse.ArgumentTypeError(f"--model-option takes NAME=VALUE, got {value!r}")
+        raise argparse.ArgumentTypeError(f"takes NAME=VALUE, got {value!r}")
     try:
         return name, json.loads(raw)
     except json.JSONDecodeError:
@@ -81,6 +81,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     values = _load_config_file(args.config) if args.config else {}
     if args.model_options:
         args.model_options = dict(args.model_options)
+    if args.loss_options:
+        args.loss_options = dict(args.loss_options)
     values.update(_given(args, TrainConfig))
     cfg = TrainConfig(**values).validated()  # before Ray starts
     if args.address:
@@ -327,12 +329,15 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="NAME=VALUE", help="another constructor argument of the architecture, e.g. hidden=256 "
                                               "for crn (repeatable)")
     _option(p, "--loss", TrainConfig, "loss", "training loss (model/losses.py)", choices=list(LOSSES))
+    p.add_argument("--loss-option", dest="loss_options", action="append", type=_model_option, default=None,
+                   metavar="NAME=VALUE", help="a weight of the loss, e.g. sisdr_weight=0.003 for cmag_asym_sisdr "
+                                              "(repeatable; model/losses.py lists them)")
     _option(p, "--step-size", TrainConfig, "step_size", "StepLR step in epochs", default_text="StepLR off", type=int)
     _option(p, "--gamma", TrainConfig, "gamma", "StepLR decay factor", type=float)
     _option(p, "--workers", TrainConfig, "workers", "data-parallel workers", type=int)
     _option(p, "--gpu", TrainConfig, "gpu", "use GPUs", choices=["auto", "yes", "no"])
     _option(p, "--cpus-per-worker", TrainConfig, "cpus_per_worker", "CPUs reserved per worker",
-            default_text="leaves one CPU for Ray Data on small machines", type=float)
+            default_text="leaves one CPU unreserved on small machines", type=float)
     _option(p, "--seed", TrainConfig, "seed", "random seed", type=int)
     p.add_argument("--overwrite", action="store_true", help="discard an existing run in --out")
     _add_address(p)

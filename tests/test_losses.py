@@ -99,3 +99,26 @@ def test_every_loss_is_differentiable_and_named_once():
         mask.grad = None
     with pytest.raises(ValueError, match="unknown loss"):
         get_loss("perceptual")
+
+
+def test_loss_options_change_the_weights_and_refuse_what_the_loss_does_not_have():
+    torch.manual_seed(0)
+    noisy = torch.rand(2, 1, 257, 16) + 0.1
+    clean, phase = noisy * torch.rand_like(noisy), (torch.rand_like(noisy) - 0.5) * 2 * math.pi
+    enhanced = noisy * torch.rand_like(noisy)
+    cmag_asym, mask_asym, sisdr = (get_loss(n)(enhanced, clean, phase, noisy) for n in ("cmag_asym", "mask_asym", "sisdr"))
+    weighted = get_loss("cmag_asym_sisdr", sisdr_weight=0.004)
+    assert weighted(enhanced, clean, phase).item() == pytest.approx((cmag_asym + 0.004 * sisdr).item(), rel=1e-5)
+    # over_suppression reaches the asymmetric parts of a sum: 1 makes cmag_asym cmag_mse.
+    symmetric = get_loss("cmag_mask_asym_sisdr", over_suppression=1, mask_weight=2, sisdr_weight=0)
+    expected = get_loss("cmag_mse")(enhanced, clean) + 2 * get_loss("mask_mse")(enhanced, clean, noisy=noisy)
+    assert symmetric(enhanced, clean, phase, noisy).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert get_loss("cmag_asym_sisdr").options() == {"over_suppression": 4.0, "sisdr_weight": 1e-3}
+    assert get_loss("cmag_asym_sisdr")(enhanced, clean, phase).item() == pytest.approx(
+        (cmag_asym + 1e-3 * sisdr).item(), rel=1e-5)  # the registered loss is unchanged
+    with pytest.raises(ValueError, match="cmag_mse loss has no option 'sisdr_weight'; it has: none"):
+        get_loss("cmag_mse", sisdr_weight=0.01)
+    with pytest.raises(ValueError, match="non-negative number, got -1"):
+        get_loss("cmag_asym_sisdr", sisdr_weight=-1)
+    with pytest.raises(ValueError, match="non-negative number, got 'high'"):
+        get_loss("cmag_asym_sisdr", sisdr_weight="high")
