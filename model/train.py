@@ -34,7 +34,14 @@ from ray.train.torch import TorchTrainer
 from torch import nn
 
 from speech_enhance.model.config import TrainConfig
-from speech_enhance.model.data import columns, patch_batches, prefetched, shard_tables, split_pieces
+from speech_enhance.model.data import (
+    columns,
+    patch_batches,
+    prefetched,
+    shard_tables,
+    split_dir,
+    split_pieces,
+)
 from speech_enhance.model.evaluate import calibrate_strength, describe_strength, identity_l1, test_l1
 from speech_enhance.model.losses import LOSSES, Loss, get_loss
 from speech_enhance.model.net import build_model, complexity, model_config, save_model
@@ -292,6 +299,8 @@ def train(cfg: TrainConfig, overwrite: bool = False, log=print, callbacks: list 
     it; the search does it for its best model only)."""
     cfg = cfg.validated()
     dataset_info = read_dataset_info(cfg.data)
+    for split in ("train", "val"):
+        split_dir(cfg.data, split)  # an empty split fails here, not in every worker
     out = storage.resolve(cfg.out)  # a local folder or a URI (s3://...) on shared storage
     config = cfg.to_dict()
     _check_run_dir(out, config, overwrite)

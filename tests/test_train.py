@@ -2,6 +2,7 @@
 
 import csv
 import json
+import shutil
 
 import pytest
 import torch
@@ -88,3 +89,16 @@ def test_each_new_architecture_trains_an_epoch_through_the_cli_with_its_default_
     assert results["loss"] == loss and results["model_size"]["parameters"] == sum(
         p.numel() for p in model.parameters())
     assert json.loads((run / "config.json").read_text())["model_size"]["macs_per_second"] > 0
+
+
+def test_an_empty_validation_split_is_refused_before_training_starts(tiny_dataset, tmp_path, capsys):
+    from speech_enhance.cli import main
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    for path in (data / "val").glob("*.parquet"):
+        path.unlink()
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert "'val' split empty" in err and str(data / "val") in err
+    assert not (tmp_path / "run" / "config.json").exists()  # nothing was started
