@@ -1,6 +1,6 @@
 """Shared storage: the README's cluster commands against a local S3 server (moto).
 
-build writes the dataset to s3://, train reads it through Ray Data and keeps its
+build writes the dataset to s3://, train's workers read it from there and train keeps its
 checkpoints and outputs in s3://, the best model loads back from its URI, and a small
 search keeps its experiment, trials and results in s3:// too."""
 
