@@ -34,14 +34,7 @@ import time
 import ray
 import torch
 
-from speech_enhance.model.data import (
-    columns,
-    patch_batches,
-    prefetched,
-    shard_tables,
-    split_dir,
-    split_pieces,
-)
+from speech_enhance.model import data as model_data
 from speech_enhance.pipeline.cluster import hide_ray_data_progress, init_ray
 
 SHUFFLE_BUFFER = 256
@@ -58,9 +51,10 @@ def machine_cpu_seconds() -> float:
 def epochs_of(path: str, data: str, epochs: int):  # noqa: ANN201
     """One iterable of Arrow tables per epoch."""
     if path == "shard_tables":
-        pieces = split_pieces(data, "train")
-        return [prefetched(shard_tables(pieces, columns(), seed=epoch)) for epoch in range(epochs)]
-    dataset = ray.data.read_parquet(split_dir(data, "train"), columns=columns(),
+        pieces = model_data.split_pieces(data, "train")
+        return [model_data.prefetched(model_data.shard_tables(pieces, model_data.columns(), seed=epoch))
+                for epoch in range(epochs)]
+    dataset = ray.data.read_parquet(model_data.split_dir(data, "train"), columns=model_data.columns(),
                                     shuffle=None if path == "ray_data_memory" else "files")
     if path == "ray_data_memory":
         dataset = dataset.materialize().randomize_block_order()
@@ -74,7 +68,7 @@ def measure(path: str, data: str, batch_size: int, epochs: int) -> dict:
     for epoch, tables in enumerate(epochs_of(path, data, epochs)):
         started, cpu_started = time.perf_counter(), machine_cpu_seconds()
         first, patches = None, 0
-        for noisy, clean in patch_batches(tables, batch_size, SHUFFLE_BUFFER, seed=epoch):
+        for noisy, clean in model_data.patch_batches(tables, batch_size, SHUFFLE_BUFFER, seed=epoch):
             if first is None:
                 first = time.perf_counter() - started
             patches += noisy.shape[0]
