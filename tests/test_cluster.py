@@ -23,8 +23,8 @@ def test_workers_run_openmp_passive_and_keep_freed_memory_unless_the_user_chose(
 
 @pytest.mark.timeout(60)
 def test_worker_processes_do_not_warn_about_hidden_progress_bars(ray_session):
-    """Ray Train's coordinator actor runs each epoch's Ray Data execution: worker processes
-    need no warning about the progress bars that training hides, as the driver."""
+    """Ray Data executions also run in worker processes (a split coordinator, an actor that
+    starts one): they need no warning about the progress bars a command hides, as the driver."""
     from speech_enhance.pipeline.cluster import RAY_DATA_BARS_OFF_WARNING
 
     @ray_session.remote
