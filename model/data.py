@@ -143,12 +143,15 @@ def shard_tables(pieces: list[tuple[str, pq.FileMetaData, int]], columns: list[s
         pieces = [pieces[i] for i in np.random.default_rng(seed).permutation(len(pieces))]
     share = sum(meta.row_group(group).num_rows for _, meta, group in pieces) // world
     start, stop, offset = rank * share, (rank + 1) * share, 0
+    filesystems: dict[str, tuple] = {}  # path -> (filesystem, path in it): an S3 one is costly to make
     for path, meta, group in pieces:
         rows = meta.row_group(group).num_rows
         low, high = max(start - offset, 0), min(stop - offset, rows)
         offset += rows
         if low < high:
-            fs, inner = storage.filesystem(path)
+            if path not in filesystems:
+                filesystems[path] = storage.filesystem(path)
+            fs, inner = filesystems[path]
             table = pq.ParquetFile(inner, filesystem=fs, metadata=meta).read_row_group(group, columns=columns)
             yield table.slice(low, high - low)
 

@@ -63,7 +63,7 @@ def _widths(value: str) -> list[int]:
     return widths
 
 
-def _model_option(value: str) -> tuple[str, object]:
+def _name_value(value: str) -> tuple[str, object]:
     name, sep, raw = value.partition("=")
     if not sep or not name:
         raise argparse.ArgumentTypeError(f"takes NAME=VALUE, got {value!r}")
@@ -325,11 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
     _option(p, "--arch", TrainConfig, "arch", "network", choices=sorted(ARCHITECTURES))
     _option(p, "--widths", TrainConfig, "widths", "comma-separated channel widths",
             default_text="the architecture's own", type=_widths)
-    p.add_argument("--model-option", dest="model_options", action="append", type=_model_option, default=None,
+    p.add_argument("--model-option", dest="model_options", action="append", type=_name_value, default=None,
                    metavar="NAME=VALUE", help="another constructor argument of the architecture, e.g. hidden=256 "
                                               "for crn (repeatable)")
     _option(p, "--loss", TrainConfig, "loss", "training loss (model/losses.py)", choices=list(LOSSES))
-    p.add_argument("--loss-option", dest="loss_options", action="append", type=_model_option, default=None,
+    p.add_argument("--loss-option", dest="loss_options", action="append", type=_name_value, default=None,
                    metavar="NAME=VALUE", help="a weight of the loss, e.g. sisdr_weight=0.003 for cmag_asym_sisdr "
                                               "(repeatable; model/losses.py lists them)")
     _option(p, "--step-size", TrainConfig, "step_size", "StepLR step in epochs", default_text="StepLR off", type=int)

@@ -37,7 +37,7 @@ from speech_enhance.model.train import (
     train,
 )
 from speech_enhance.pipeline import storage
-from speech_enhance.pipeline.cluster import hide_ray_data_progress, init_ray
+from speech_enhance.pipeline.cluster import init_ray
 from speech_enhance.pipeline.dataset import read_dataset_info
 from speech_enhance.tune.config import TuneConfig
 from speech_enhance.tune.space import load_space, to_tune, train_settings
@@ -117,7 +117,6 @@ def search(cfg: TuneConfig, log=print) -> dict:  # noqa: ANN001
     storage.make_dirs(out)
     init_ray()
     require_state_api()
-    hide_ray_data_progress()
     space = load_space(cfg.space)
     resources = ray.cluster_resources()
     concurrent, worker_cpus, threads = plan_concurrency(cfg, resources.get("CPU", 1), resources.get("GPU", 0))
