@@ -312,22 +312,27 @@ class CRN(MaskNet):
 
 def running_mean(x: torch.Tensor, start: torch.Tensor, decay: float, block: int = 64) -> torch.Tensor:
     """Exponential running mean over the last axis, m_t = decay·m_(t-1) + (1 - decay)·x_t
-    from m_(-1) = ``start`` ([..., 1]): as matrix products over blocks of frames, which
-    train much faster than a loop over frames and keep memory bounded on long files. An
-    ONNX export traces one block of any length: its frame count stays dynamic."""
-    chunks = [x] if torch.jit.is_tracing() or x.shape[-1] <= block else x.split(block, dim=-1)
-    # One set of weights for every block: they depend on the lag alone, so a shorter last
-    # block takes their top-left corner.
-    steps = torch.arange(chunks[0].shape[-1], device=x.device, dtype=x.dtype)
-    lag = steps[:, None] - steps[None, :]  # [t, k]: frames from k to t
-    weights = torch.where(lag >= 0, (1 - decay) * decay ** lag.clamp(min=0), torch.zeros_like(lag)).T
-    carry = decay ** (steps + 1)
-    out = []
-    for chunk in chunks:
-        t = chunk.shape[-1]
-        out.append(chunk @ weights[:t, :t] + start * carry[:t])
-        start = out[-1][..., -1:]
-    return torch.cat(out, dim=-1)
+    from m_(-1) = ``start`` ([..., 1]), in two levels of matrix products instead of a loop
+    over frames: within fixed blocks of ``block`` frames from zero, then each block's start
+    carried across blocks (decay^block per block). Both matrices stay small on long inputs,
+    and the frame count stays dynamic in an ONNX trace (no Python loop over blocks)."""
+    frames = x.shape[-1]
+    blocks = (frames + block - 1) // block
+    # Zeros after the end change nothing before it: the mean is causal.
+    x = nn.functional.pad(x, (0, blocks * block - frames)).unflatten(-1, (blocks, block))
+    within = x @ _decay_matrix(torch.arange(block, device=x.device, dtype=x.dtype), decay) * (1 - decay)
+    # Block j starts from the end of block j - 1: ends_j = D·ends_(j-1) + within_j[-1], D = decay^block.
+    index = torch.arange(blocks, device=x.device, dtype=x.dtype)
+    ends = within[..., -1] @ _decay_matrix(index, decay ** block) + start * (decay ** block) ** (index + 1)
+    starts = torch.cat([start, ends[..., :-1]], dim=-1)
+    carry = decay ** (torch.arange(block, device=x.device, dtype=x.dtype) + 1)
+    return (within + starts[..., None] * carry).flatten(-2)[..., :frames]
+
+
+def _decay_matrix(steps: torch.Tensor, decay: float) -> torch.Tensor:
+    """[k, t] = decay^(t - k) where t ≥ k, else 0: a causal exponential filter as a matrix."""
+    lag = steps[None, :] - steps[:, None]
+    return torch.where(lag >= 0, decay ** lag.clamp(min=0), torch.zeros_like(lag))
 
 
 @register

@@ -116,6 +116,12 @@ def test_running_mean_is_the_exponential_average_from_its_start():
     for block in (3, 1, 64):
         m = running_mean(x, torch.full((1, 1, 1, 1), 2.0), 0.5, block=block)
         torch.testing.assert_close(m.flatten(), torch.tensor([1.5, 1.25, 1.125, 3.0625]))
+    x, start, expected = torch.rand(2, 3, 150), torch.rand(2, 3, 1), []  # three blocks, the last one short
+    m_t = start[..., 0]
+    for t in range(150):
+        m_t = 0.9 * m_t + 0.1 * x[..., t]
+        expected.append(m_t)
+    torch.testing.assert_close(running_mean(x, start, 0.9), torch.stack(expected, -1))
     with pytest.raises(ValueError, match="mean_norm_s"):
         build_model("crn", mean_norm_s=-1)
 
