@@ -27,10 +27,16 @@ overlap-add.
   negative SI-SDR in dB (both about 0.01 at the start of training): the spectral fit and
   the waveform measure people report.
 - ``cmag_mask_asym_sisdr``: ``cmag_asym_sisdr`` plus ``MASK_WEIGHT`` × ``mask_asym``.
+- ``stoi``: 1 − STOI's intermediate intelligibility on the magnitudes (Taal et al., 2011;
+  trained on as in Kolbæk et al., 2018): the correlation of clean and enhanced envelopes in
+  one-third-octave bands over 384 ms, the enhanced one scaled to the clean and clipped.
+  Magnitude losses weigh each bin alone; STOI weighs how a band's level follows the speech
+  over syllables, which leftover noise under speech and in its dips spoils.
+- ``cmag_asym_sisdr_stoi``: ``cmag_asym_sisdr`` plus ``STOI_WEIGHT`` × ``stoi``.
 
 Weights and factors are options (``train --loss-option NAME=VALUE``, :func:`get_loss`):
-``over_suppression`` of the asymmetric losses, ``sisdr_weight`` and ``mask_weight`` of the
-sums. They are saved in the run's config with the loss's name.
+``over_suppression`` of the asymmetric losses, ``sisdr_weight``, ``mask_weight`` and
+``stoi_weight`` of the sums. They are saved in the run's config with the loss's name.
 """
 
 from __future__ import annotations
@@ -48,6 +54,12 @@ MASK_POWER = 0.5  # mask_mse compares square roots of the masks, as RNNoise's lo
 SOUND_FLOOR = 1e-6  # mask_mse: bins of a quieter noisy magnitude have no defined mask
 MASK_WEIGHT = 0.5  # cmag_mask_asym_sisdr: mask_asym's weight
 SISDR_WEIGHT = 1e-3  # the *_sisdr losses: the SI-SDR term's weight (per dB)
+STOI_WEIGHT = 0.1  # cmag_asym_sisdr_stoi: the STOI term's weight
+# STOI's analysis (Taal et al., 2011), at this project's 8 ms hop: 15 one-third-octave
+# bands from 150 Hz, 384 ms segments, the enhanced envelope clipped 15 dB above the clean,
+# frames more than 40 dB below the loudest left out.
+STOI_BANDS, STOI_LOW_HZ, STOI_SEGMENT, STOI_CLIP_DB, STOI_RANGE_DB = 15, 150.0, 48, 15.0, 40.0
+STOI_STRIDE = 4  # frames between segments: STOI slides by one; four is as smooth a loss for a quarter of the work
 
 
 class Loss:
@@ -139,6 +151,51 @@ class NegativeSISDR(Loss):
         return -si_sdr(patch_waveforms(enhanced, phase), patch_waveforms(clean, phase)).mean()
 
 
+def third_octave_matrix(n_bands: int = STOI_BANDS, low_hz: float = STOI_LOW_HZ) -> torch.Tensor:
+    """[n_bands, 257]: 1 where a bin's centre lies in a one-third-octave band around
+    low_hz·2^(j/3), as STOI groups its DFT bins (at least one bin per band)."""
+    hz = torch.arange(dsp.N_BINS, dtype=torch.float64) * dsp.SAMPLE_RATE / dsp.N_FFT
+    centres = low_hz * 2.0 ** (torch.arange(n_bands, dtype=torch.float64) / 3)
+    lo, hi = centres * 2 ** (-1 / 6), centres * 2 ** (1 / 6)
+    bands = ((hz[None] >= lo[:, None]) & (hz[None] < hi[:, None])).float()
+    nearest = (hz[None] - centres[:, None]).abs().argmin(dim=1)
+    bands[torch.arange(n_bands), nearest] = 1.0  # a band narrower than a bin keeps its nearest one
+    return bands
+
+
+def short_time_intelligibility(enhanced: torch.Tensor, clean: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """STOI's intermediate measure of each patch [batch, 1, 257, frames] → [batch]: the mean
+    correlation, over bands and 384 ms segments, of the clean band envelope with the
+    enhanced one scaled to the clean's energy and clipped 15 dB above it. As STOI does, the
+    frames more than 40 dB below the patch's loudest are left out first (moved to the end,
+    and the segments that reach them weigh nothing); a patch with too little speech for one
+    segment scores 0."""
+    bands = third_octave_matrix().to(clean)
+    x = (bands @ clean[:, 0].square() + eps).sqrt()  # [batch, bands, frames]
+    y = (bands @ enhanced[:, 0].square() + eps).sqrt()
+    energy = 10 * torch.log10(clean[:, 0].square().sum(1) + eps)  # [batch, frames]
+    speech = energy > energy.amax(dim=1, keepdim=True) - STOI_RANGE_DB
+    order = torch.argsort((~speech).to(torch.uint8), dim=1, stable=True)[:, None].expand_as(x)
+    x, y = x.gather(-1, order).unfold(-1, STOI_SEGMENT, STOI_STRIDE), y.gather(-1, order).unfold(-1, STOI_SEGMENT, STOI_STRIDE)
+    ends = torch.arange(x.shape[2], device=x.device) * STOI_STRIDE + STOI_SEGMENT  # [segments]
+    weight = (ends[None] <= speech.sum(1, keepdim=True)).to(x.dtype)  # [batch, segments]: speech only
+    scale = x.norm(dim=-1, keepdim=True) / (y.norm(dim=-1, keepdim=True) + eps)
+    y = torch.minimum(y * scale, x * (1 + 10 ** (STOI_CLIP_DB / 20)))
+    x, y = x - x.mean(-1, keepdim=True), y - y.mean(-1, keepdim=True)
+    corr = (x * y).sum(-1) / (x.norm(dim=-1) * y.norm(dim=-1) + eps)  # [batch, bands, segments]
+    return (corr.mean(1) * weight).sum(-1) / weight.sum(-1).clamp_min(1)
+
+
+class NegativeSTOI(Loss):
+    name = "stoi"
+
+    def __call__(self, enhanced: torch.Tensor, clean: torch.Tensor, phase: torch.Tensor | None = None,
+                 noisy: torch.Tensor | None = None) -> torch.Tensor:
+        if clean.shape[-1] < STOI_SEGMENT:
+            raise ValueError(f"the stoi loss needs patches of at least {STOI_SEGMENT} frames, got {clean.shape[-1]}")
+        return 1 - short_time_intelligibility(enhanced, clean).mean()
+
+
 class RatioMask(Loss):
     """Distance between the square roots of the mask (Enhanced / Noisy) and of the ideal
     ratio mask min(Clean / Noisy, 1), averaged over the bins with sound: ``kind`` "mse", or
@@ -200,6 +257,9 @@ LOSSES: dict[str, Loss] = {loss.name: loss for loss in (
     RatioMask("asym"),
     Sum("cmag_mask_asym_sisdr", Sum("", CompressedMagnitude("asym"), RatioMask("asym"), MASK_WEIGHT, "mask_weight"),
         NegativeSISDR(), SISDR_WEIGHT, "sisdr_weight"),
+    NegativeSTOI(),
+    Sum("cmag_asym_sisdr_stoi", Sum("", CompressedMagnitude("asym"), NegativeSISDR(), SISDR_WEIGHT, "sisdr_weight"),
+        NegativeSTOI(), STOI_WEIGHT, "stoi_weight"),
 )}
 
 

@@ -2,10 +2,13 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
+from conftest import speech_like
 
 from speech_enhance.model.losses import LOSSES, get_loss, si_sdr
+from speech_enhance.pipeline import dsp
 
 
 def _patch(values):
@@ -51,7 +54,7 @@ def test_mask_loss_compares_square_roots_of_the_mask_and_the_ideal_ratio_mask():
     assert get_loss("mask_asym")(enhanced, clean, noisy=noisy).item() == pytest.approx(
         (0.25 + 4 * (0.5 ** 0.5 - 1) ** 2) / 2, rel=1e-5)
     torch.manual_seed(0)
-    noisy = torch.rand(2, 1, 257, 16) + 0.1
+    noisy = torch.rand(2, 1, 257, 64) + 0.1
     clean, phase = noisy * torch.rand_like(noisy), (torch.rand_like(noisy) - 0.5) * 2 * math.pi
     enhanced = noisy * torch.rand_like(noisy)
     parts = (get_loss("cmag_asym")(enhanced, clean) + 0.5 * get_loss("mask_asym")(enhanced, clean, noisy=noisy)
@@ -86,11 +89,41 @@ def test_waveform_loss_is_negative_si_sdr_and_needs_the_phase():
     assert combined(noisy, clean, phase).item() == pytest.approx(expected.item(), rel=1e-6)
 
 
+def test_stoi_loss_is_one_minus_the_envelope_correlation():
+    # Every bin follows the envelope 1, 2, 1, 2, ...: so does each band's root energy.
+    pattern = torch.tensor([1.0, 2.0]).repeat(32)
+    clean = pattern.expand(1, 1, 257, 64)
+    loss = get_loss("stoi")
+    assert loss(clean, clean).item() == pytest.approx(0.0, abs=1e-4)
+    assert loss(3 * clean, clean).item() == pytest.approx(0.0, abs=1e-4)  # scaled to the clean first
+    assert loss(clean.flip(-1), clean).item() == pytest.approx(2.0, abs=1e-4)  # 2, 1, 2, 1: correlation -1
+    assert loss(torch.ones_like(clean), clean).item() == pytest.approx(1.0, abs=1e-4)  # a flat envelope: none
+    # Frames 40 dB below the loudest are left out: with 32 silent frames between two halves
+    # of the pattern, the speech left is 1, 2, ... again.
+    gap = torch.cat([clean[..., :32], 1e-3 * torch.rand(1, 1, 257, 32), clean[..., :32]], dim=-1)
+    enhanced = torch.cat([clean[..., :32], torch.rand(1, 1, 257, 32), clean[..., :32]], dim=-1)
+    assert loss(enhanced, gap).item() == pytest.approx(0.0, abs=1e-4)
+    assert loss(enhanced[..., :48], gap[..., :48]).item() == pytest.approx(1.0)  # 32 speech frames: no segment
+    with pytest.raises(ValueError, match="at least 48 frames"):
+        loss(clean[..., :40], clean[..., :40])
+
+
+def test_stoi_loss_follows_stoi():
+    """On speech-like signals in noise, 1 - loss is within 0.03 of STOI (pystoi)."""
+    pystoi = pytest.importorskip("pystoi")
+    rng = np.random.default_rng(1)
+    clean = speech_like(rng, 2.0, dsp.SAMPLE_RATE, 130)
+    for snr in (-5.0, 5.0, 15.0):
+        noisy = clean + dsp.scale_noise_to_snr(clean, rng.standard_normal(len(clean)).astype(np.float32), snr)
+        ours = 1 - get_loss("stoi")(dsp.stft(noisy).abs()[None, None], dsp.stft(clean).abs()[None, None]).item()
+        assert ours == pytest.approx(pystoi.stoi(clean, noisy, dsp.SAMPLE_RATE), abs=0.03), snr
+
+
 def test_every_loss_is_differentiable_and_named_once():
     torch.manual_seed(0)
-    mask = torch.rand(2, 1, 257, 8, requires_grad=True)
-    noisy, clean = torch.rand(2, 1, 257, 8) + 0.01, torch.rand(2, 1, 257, 8)
-    phase = torch.rand(2, 1, 257, 8)
+    mask = torch.rand(2, 1, 257, 64, requires_grad=True)  # a patch: stoi needs 48 frames or more
+    noisy, clean = torch.rand(2, 1, 257, 64) + 0.01, torch.rand(2, 1, 257, 64)
+    phase = torch.rand(2, 1, 257, 64)
     for name, loss in LOSSES.items():
         assert loss.name == name
         value = loss(mask * noisy, clean, phase, noisy)
@@ -103,7 +136,7 @@ def test_every_loss_is_differentiable_and_named_once():
 
 def test_loss_options_change_the_weights_and_refuse_what_the_loss_does_not_have():
     torch.manual_seed(0)
-    noisy = torch.rand(2, 1, 257, 16) + 0.1
+    noisy = torch.rand(2, 1, 257, 64) + 0.1
     clean, phase = noisy * torch.rand_like(noisy), (torch.rand_like(noisy) - 0.5) * 2 * math.pi
     enhanced = noisy * torch.rand_like(noisy)
     cmag_asym, mask_asym, sisdr = (get_loss(n)(enhanced, clean, phase, noisy) for n in ("cmag_asym", "mask_asym", "sisdr"))
@@ -114,6 +147,9 @@ def test_loss_options_change_the_weights_and_refuse_what_the_loss_does_not_have(
     expected = get_loss("cmag_mse")(enhanced, clean) + 2 * get_loss("mask_mse")(enhanced, clean, noisy=noisy)
     assert symmetric(enhanced, clean, phase, noisy).item() == pytest.approx(expected.item(), rel=1e-5)
     assert get_loss("cmag_asym_sisdr").options() == {"over_suppression": 4.0, "sisdr_weight": 1e-3}
+    stoi = get_loss("stoi")(enhanced, clean)
+    assert get_loss("cmag_asym_sisdr_stoi", stoi_weight=0.5, sisdr_weight=0.004)(enhanced, clean, phase).item() == (
+        pytest.approx((cmag_asym + 0.004 * sisdr + 0.5 * stoi).item(), rel=1e-5))
     assert get_loss("cmag_asym_sisdr")(enhanced, clean, phase).item() == pytest.approx(
         (cmag_asym + 1e-3 * sisdr).item(), rel=1e-5)  # the registered loss is unchanged
     with pytest.raises(ValueError, match="cmag_mse loss has no option 'sisdr_weight'; it has: none"):
