@@ -59,7 +59,7 @@ STOI_WEIGHT = 0.1  # cmag_asym_sisdr_stoi: the STOI term's weight
 # bands from 150 Hz, 384 ms segments, the enhanced envelope clipped 15 dB above the clean,
 # frames more than 40 dB below the loudest left out.
 STOI_BANDS, STOI_LOW_HZ, STOI_SEGMENT, STOI_CLIP_DB, STOI_RANGE_DB = 15, 150.0, 48, 15.0, 40.0
-STOI_STRIDE = 4  # frames between segments: STOI slides by one; four is as smooth a loss for a quarter of the work
+STOI_STRIDE = 4  # frames between segments: STOI slides by one; every fourth is a quarter of the work
 
 
 class Loss:
