@@ -41,6 +41,7 @@ Weights and factors are options (``train --loss-option NAME=VALUE``, :func:`get_
 
 from __future__ import annotations
 
+import functools
 from typing import ClassVar
 
 import torch
@@ -151,9 +152,11 @@ class NegativeSISDR(Loss):
         return -si_sdr(patch_waveforms(enhanced, phase), patch_waveforms(clean, phase)).mean()
 
 
+@functools.cache
 def third_octave_matrix(n_bands: int = STOI_BANDS, low_hz: float = STOI_LOW_HZ) -> torch.Tensor:
     """[n_bands, 257]: 1 where a bin's centre lies in a one-third-octave band around
-    low_hz·2^(j/3), as STOI groups its DFT bins (at least one bin per band)."""
+    low_hz·2^(j/3), as STOI groups its DFT bins (at least one bin per band). Cached: the
+    stoi loss uses it every batch; do not modify it."""
     hz = torch.arange(dsp.N_BINS, dtype=torch.float64) * dsp.SAMPLE_RATE / dsp.N_FFT
     centres = low_hz * 2.0 ** (torch.arange(n_bands, dtype=torch.float64) / 3)
     lo, hi = centres * 2 ** (-1 / 6), centres * 2 ** (1 / 6)
@@ -245,6 +248,7 @@ class Sum(Loss):
         return self.first(enhanced, clean, phase, noisy) + self.weight * self.second(enhanced, clean, phase, noisy)
 
 
+CMAG_ASYM_SISDR = Sum("cmag_asym_sisdr", CompressedMagnitude("asym"), NegativeSISDR(), SISDR_WEIGHT, "sisdr_weight")
 LOSSES: dict[str, Loss] = {loss.name: loss for loss in (
     MagnitudeL1(),
     CompressedMagnitude("l1"),
@@ -252,14 +256,13 @@ LOSSES: dict[str, Loss] = {loss.name: loss for loss in (
     CompressedMagnitude("asym"),
     NegativeSISDR(),
     Sum("cmag_mse_sisdr", CompressedMagnitude("mse"), NegativeSISDR(), SISDR_WEIGHT, "sisdr_weight"),
-    Sum("cmag_asym_sisdr", CompressedMagnitude("asym"), NegativeSISDR(), SISDR_WEIGHT, "sisdr_weight"),
+    CMAG_ASYM_SISDR,
     RatioMask("mse"),
     RatioMask("asym"),
     Sum("cmag_mask_asym_sisdr", Sum("", CompressedMagnitude("asym"), RatioMask("asym"), MASK_WEIGHT, "mask_weight"),
         NegativeSISDR(), SISDR_WEIGHT, "sisdr_weight"),
     NegativeSTOI(),
-    Sum("cmag_asym_sisdr_stoi", Sum("", CompressedMagnitude("asym"), NegativeSISDR(), SISDR_WEIGHT, "sisdr_weight"),
-        NegativeSTOI(), STOI_WEIGHT, "stoi_weight"),
+    Sum("cmag_asym_sisdr_stoi", CMAG_ASYM_SISDR, NegativeSTOI(), STOI_WEIGHT, "stoi_weight"),
 )}
 
 

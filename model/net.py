@@ -320,12 +320,13 @@ def running_mean(x: torch.Tensor, start: torch.Tensor, decay: float, block: int 
     blocks = (frames + block - 1) // block
     # Zeros after the end change nothing before it: the mean is causal.
     x = nn.functional.pad(x, (0, blocks * block - frames)).unflatten(-1, (blocks, block))
-    within = x @ _decay_matrix(torch.arange(block, device=x.device, dtype=x.dtype), decay) * (1 - decay)
+    steps = torch.arange(block, device=x.device, dtype=x.dtype)
+    within = x @ _decay_matrix(steps, decay) * (1 - decay)
     # Block j starts from the end of block j - 1: ends_j = D·ends_(j-1) + within_j[-1], D = decay^block.
     index = torch.arange(blocks, device=x.device, dtype=x.dtype)
     ends = within[..., -1] @ _decay_matrix(index, decay ** block) + start * (decay ** block) ** (index + 1)
     starts = torch.cat([start, ends[..., :-1]], dim=-1)
-    carry = decay ** (torch.arange(block, device=x.device, dtype=x.dtype) + 1)
+    carry = decay ** (steps + 1)
     return (within + starts[..., None] * carry).flatten(-2)[..., :frames]
 
 
