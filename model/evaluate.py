@@ -229,6 +229,26 @@ def summarise(per_mixture: list[dict], key: str | None = None) -> dict:
     return table
 
 
+def paired_differences(rows: list[dict], base_rows: list[dict], method: str = "model",
+                       base_method: str = "model") -> dict:
+    """{metric: {"mean", "se", "n"}} of ``method``'s score minus ``base_method``'s, mixture
+    by mixture over the mixtures both per-mixture lists hold (matched by ``mixture_id``).
+
+    Pairing removes the spread between mixtures, which dwarfs the difference between two
+    models on the same ones; ``se`` is the standard error of the mean difference."""
+    base = {r["mixture_id"]: r for r in base_rows}
+    pairs = [(r, base[r["mixture_id"]]) for r in rows if r["mixture_id"] in base]
+    if not pairs:
+        raise ValueError("the two reports share no mixture: evaluate both on the same data and split")
+    out = {}
+    for m in METRICS:
+        diff = np.array([a[f"{method}.{m}"] - b[f"{base_method}.{m}"] for a, b in pairs], dtype=np.float64)
+        diff = diff[~np.isnan(diff)]
+        se = float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else float("nan")
+        out[m] = {"mean": float(diff.mean()) if len(diff) else float("nan"), "se": se, "n": len(diff)}
+    return out
+
+
 def _sort_key(group: str) -> tuple:
     try:
         return (0, -float(group))

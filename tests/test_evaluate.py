@@ -12,6 +12,7 @@ from speech_enhance.model.evaluate import (
     METHODS,
     choose_strength,
     evaluate,
+    paired_differences,
     strength_for_evaluation,
 )
 from speech_enhance.pipeline.dataset import load_manifest
@@ -27,6 +28,24 @@ def test_choose_strength_wants_a_margin_of_one_standard_error():
     mean = {1.0: -0.05, 0.8: 0.002, 0.7: 0.006, 0.6: 0.012}
     assert choose_strength(mean, {1.0: 0.01, 0.8: 0.004, 0.7: 0.004, 0.6: 0.004}) == 0.7
     assert choose_strength(mean, {1.0: 0.01, 0.8: 0.004, 0.7: 0.008, 0.6: 0.02}) == 0.6  # none clear: least loss
+
+
+def _row(mixture_id: str, pesq: float, stoi: float, si_sdr: float, rnnoise_stoi: float = 0.5) -> dict:
+    return {"mixture_id": mixture_id, "model.pesq": pesq, "model.stoi": stoi, "model.si_sdr": si_sdr,
+            "rnnoise.pesq": 1.0, "rnnoise.stoi": rnnoise_stoi, "rnnoise.si_sdr": 0.0}
+
+
+def test_paired_differences_match_mixtures_by_id_and_give_a_standard_error():
+    base = [_row("a", 1.0, 0.5, 0.0), _row("b", 2.0, 0.6, 5.0), _row("gone", 9.0, 0.9, 9.0)]
+    other = [_row("b", 2.5, 0.6, 6.0), _row("a", 1.1, 0.7, 2.0), _row("new", 0.0, 0.0, 0.0)]
+    diff = paired_differences(other, base)
+    assert diff["pesq"]["n"] == 2 and diff["pesq"]["mean"] == pytest.approx(0.3)  # (0.1 + 0.5) / 2
+    assert diff["pesq"]["se"] == pytest.approx(0.2)  # std of (0.1, 0.5) is 0.2828; / sqrt(2)
+    assert diff["stoi"]["mean"] == pytest.approx(0.1) and diff["si_sdr"]["mean"] == pytest.approx(1.5)
+    within = paired_differences(base, base, base_method="rnnoise")  # the model against RNNoise, same mixtures
+    assert within["stoi"]["mean"] == pytest.approx((0.0 + 0.1 + 0.4) / 3)
+    with pytest.raises(ValueError, match="share no mixture"):
+        paired_differences([_row("x", 1, 1, 1)], base)
 
 
 def test_evaluation_uses_the_strength_saved_in_the_model_file(tmp_path):
