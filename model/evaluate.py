@@ -388,6 +388,12 @@ def render_report(report: dict) -> str:
             f"{o['model'][m + '_delta']:+.3f}); "
             + ", ".join(f"{BASELINE_NAMES[b]} {o[b][m + '_delta']:+.3f}" for b in baselines)
         )
+    versus = "rnnoise" if "rnnoise" in baselines else best_baseline
+    if report.get("per_mixture"):  # paired: the spread between mixtures cancels (bench/compare.py)
+        paired = paired_differences(report["per_mixture"], report["per_mixture"], "model_limited", versus)
+        verdict.append(f"- Model minus {BASELINE_NAMES[versus]}, mixture by mixture at strength {strength} "
+                       "(mean ± standard error): " + ", ".join(
+                           f"{METRIC_NAMES[m]} {paired[m]['mean']:+.3f} ± {paired[m]['se']:.3f}" for m in METRIC_NAMES))
     if "rnnoise" not in baselines:
         verdict.append("- RNNoise: not run (install the `rnnoise` extra: `pip install 'speech-enhance[rnnoise]'`).")
     ahead = [name for m, name in METRIC_NAMES.items()

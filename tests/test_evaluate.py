@@ -87,6 +87,9 @@ def test_evaluate_writes_report_with_every_method_and_a_validation_chosen_limit(
     assert "At its default strength the model is ahead of every baseline on" in text
     if metrics.rnnoise_available():  # the open-source denoiser people already use, in every report
         assert math.isfinite(report["overall"]["rnnoise"]["stoi"]) and "| RNNoise |" in text
+        gap = sum(r["model_limited.stoi"] - r["rnnoise.stoi"] for r in saved["per_mixture"]) / len(saved["per_mixture"])
+        assert f"- Model minus RNNoise, mixture by mixture at strength {cal['strength']}" in text
+        assert f"STOI {gap:+.3f} ± " in text  # paired with the same mixtures' RNNoise scores
     else:
         assert "RNNoise: not run" in text
     sample = report["samples"][0]
