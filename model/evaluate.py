@@ -388,8 +388,8 @@ def render_report(report: dict) -> str:
             f"{o['model'][m + '_delta']:+.3f}); "
             + ", ".join(f"{BASELINE_NAMES[b]} {o[b][m + '_delta']:+.3f}" for b in baselines)
         )
-    versus = "rnnoise" if "rnnoise" in baselines else best_baseline
     if report.get("per_mixture"):  # paired: the spread between mixtures cancels (bench/compare.py)
+        versus = "rnnoise" if "rnnoise" in baselines else best_baseline
         paired = paired_differences(report["per_mixture"], report["per_mixture"], "model_limited", versus)
         verdict.append(f"- Model minus {BASELINE_NAMES[versus]}, mixture by mixture at strength {strength} "
                        "(mean ± standard error): " + ", ".join(
