@@ -39,8 +39,8 @@ def context_samples(model: nn.Module) -> int | None:
     reach. A streaming network needs only the STFT's (its past is in its state). None:
     the network needs the whole input at once."""
     model = getattr(model, "module", model)
-    if getattr(model, "streamable", False):
-        return (EDGE_FRAMES - 1) * dsp.HOP
+    if getattr(model, "streamable", False):  # its look-ahead is the only future it needs
+        return (EDGE_FRAMES - 1 + int(model.future_frames)) * dsp.HOP
     reach = max(model.past_frames, model.future_frames)
     return None if math.isinf(reach) else (int(reach) + EDGE_FRAMES) * dsp.HOP
 
@@ -82,7 +82,9 @@ class StreamingEnhancer:
     ``context`` defaults to what the model declares (:func:`context_samples`). A
     streaming network's masks are computed once per frame, in order, with its state
     carried over; they are kept for the few frames that the next segment's overlap-add
-    needs again. A network that needs the whole input is run once, at :meth:`finish`."""
+    needs again. A network with look-ahead hands each mask over that many frames late,
+    and is flushed with that many silent frames at :meth:`finish`. A network that needs
+    the whole input is run once, at :meth:`finish`."""
 
     def __init__(self, model: nn.Module, channels: int, strength: float = 1.0,
                  segment: int = SEGMENT_SAMPLES, context: int | None = None):
@@ -93,14 +95,16 @@ class StreamingEnhancer:
             raise ValueError("segment and context must be multiples of the hop")
         self.model, self.strength, self.segment, self.context = model, strength, segment, context
         self.streaming = getattr(getattr(model, "module", model), "streamable", False)
+        self.delay = int(getattr(model, "module", model).future_frames) if self.streaming else 0
         self.buffer = np.zeros((channels, 0), np.float32)
         self.buffer_start = 0  # absolute sample index of buffer[:, 0]
         self.done = 0  # absolute index up to which output has been emitted
         # Streaming networks: the state after frames [0, next_frame), and the masks of
         # frames [mask_first, mask_first + masks.shape[-1]).
+        # The first `delay` masks of a stream belong to frames before the first.
         self.state: object | None = None
         self.next_frame = 0
-        self.mask_first, self.masks = 0, torch.zeros(dsp.N_BINS, 0)
+        self.mask_first, self.masks = -self.delay, torch.zeros(dsp.N_BINS, 0)
 
     def _segment(self, end: int, final: bool = False) -> np.ndarray:
         left = min(self.context, self.done)
@@ -123,13 +127,17 @@ class StreamingEnhancer:
         streaming network; only samples up to ``end`` are used."""
         specs = dsp.stft(chunk)  # frame k is centred on sample start + k * hop
         first, frames = start // dsp.HOP, specs.shape[-1]
-        # The frames whose windows reach [done, end) (every one left, at the end).
+        # The frames whose windows reach [done, end) (every one left, at the end), and the
+        # look-ahead their masks wait for (the context holds it; at the end, silence).
         last = first + frames - 1 if final else min(end // dsp.HOP + 1, first + frames - 1)
-        if last >= self.next_frame:
-            mono = specs.mean(dim=0).abs()[None, None, :, self.next_frame - first : last - first + 1]
+        feed = min(last + self.delay, first + frames - 1)
+        if feed >= self.next_frame or (final and self.delay):
+            mono = specs.mean(dim=0).abs()[None, None, :, self.next_frame - first : feed - first + 1]
+            if final:
+                mono = nn.functional.pad(mono, (0, self.delay))
             new, self.state = self.model.stream(mono, self.state)
             self.masks = torch.cat([self.masks, new[0, 0].float()], dim=1)
-            self.next_frame = last + 1
+            self.next_frame = max(self.next_frame, feed + 1)
         mask = torch.ones(dsp.N_BINS, frames)
         lo, hi = max(first, self.mask_first), min(first + frames, self.mask_first + self.masks.shape[1])
         mask[:, lo - first : hi - first] = self.masks[:, lo - self.mask_first : hi - self.mask_first]
@@ -149,7 +157,9 @@ class StreamingEnhancer:
         end = self.buffer_start + self.buffer.shape[1]
         outputs = []
         while self.done < end:
-            stop = end if self.whole else min(self.done + self.segment, end)
+            # A stream takes what is left (under a segment and its context) in one final piece:
+            # a shorter piece would lack the context after it, and each frame is fed only once.
+            stop = end if self.whole or self.streaming else min(self.done + self.segment, end)
             outputs.append(self._segment(stop, final=stop == end))
         return np.concatenate(outputs, axis=1) if outputs else np.zeros((self.buffer.shape[0], 0), np.float32)
 

@@ -5,7 +5,8 @@ out, with a dynamic frame count; the STFT and iSTFT stay outside, as every deplo
 has its own. A streaming network (``streamable``) is exported as one step of its stream:
 its state goes in and comes out as extra tensors (``state_i`` → ``next_state_i``), zeros
 at the start, so the same graph enhances a whole file in one call or a stream frame by
-frame. The model's settings (architecture, STFT, default strength) ride along as ONNX
+frame. A network with look-ahead (``model_config["lookahead"]`` frames) gives each mask
+that many frames late: feed that many frames of zero magnitude at the end to flush it. The model's settings (architecture, STFT, default strength) ride along as ONNX
 metadata (``speech_enhance``, JSON).
 """
 
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from speech_enhance.model.net import ARCHITECTURES, MaskNet, load_model, model_config
+from speech_enhance.model.net import MaskNet, build_model, load_model, model_config
 from speech_enhance.pipeline import dsp
 
 OPSET = 18
@@ -94,9 +95,9 @@ class OnnxNet:
         if METADATA_KEY not in props:
             raise ValueError(f"{model if not isinstance(model, bytes) else 'ONNX model'}: not exported by speech-enhance")
         self.meta = json.loads(props[METADATA_KEY])
-        config = self.meta["model_config"]
-        cls = ARCHITECTURES[config["arch"]]
-        self.name, self.past_frames, self.future_frames = cls.name, cls.past_frames, cls.future_frames
+        # The declared context can depend on the config (a CRN's look-ahead): read it off the network.
+        net = build_model(**self.meta["model_config"])
+        self.name, self.past_frames, self.future_frames = net.name, net.past_frames, net.future_frames
         self.streamable = bool(self.meta["state_shapes"])
         self._zero = [np.zeros(s, np.float32) for s in self.meta["state_shapes"]]
 
@@ -110,7 +111,10 @@ class OnnxNet:
         return torch.from_numpy(mask), new
 
     def __call__(self, noisy_mag: torch.Tensor) -> torch.Tensor:
-        return self._run(noisy_mag, self._zero)[0]
+        ahead = self.future_frames if self.streamable else 0
+        if ahead:  # the stream's masks come late: flush it with silence, as the network's forward does
+            noisy_mag = torch.nn.functional.pad(noisy_mag, (0, ahead))
+        return self._run(noisy_mag, self._zero)[0][..., ahead:]
 
     def stream(self, noisy_mag: torch.Tensor, state: list[np.ndarray] | None) -> tuple[torch.Tensor, list]:
         return self._run(noisy_mag, self._zero if state is None else state)

@@ -29,6 +29,7 @@ from speech_enhance.pipeline import dsp, storage
 
 FORMAT_VERSION = 1
 LOG_EPS = 1e-3
+MAX_LOOKAHEAD = 16  # frames (128 ms): past that, a network meant to stream should run whole
 ARCHITECTURES: dict[str, type[MaskNet]] = {}
 
 
@@ -244,25 +245,35 @@ class CRN(MaskNet):
     ``mean_norm_s`` > 0 adds a second input channel: the features minus their causal
     running mean per bin over about that many seconds (an exponential average that starts
     at zero, carried in the stream state), as DeepFilterNet normalises its input. Steady
-    noise then looks alike whatever its level and colour, and speech stands out of it."""
+    noise then looks alike whatever its level and colour, and speech stands out of it.
+
+    ``lookahead`` > 0 lets each mask see that many later frames (8 ms each), as
+    DeepFilterNet's look-ahead does: the network runs as before, and its output is taken
+    ``lookahead`` frames late, so a stream's masks lag its input by that much (the first
+    ``lookahead`` masks of a stream belong to no frame). The whole-input call pads the end
+    with that many frames of silence (zero magnitude), which is what a stream is flushed
+    with at its end, so both agree."""
 
     name = "crn"
     # Narrow first layers: they run at 129 and 65 bins, where most of the time goes.
     DEFAULT_WIDTHS = (8, 16, 32, 32)
-    DEFAULTS = {"widths": list(DEFAULT_WIDTHS), "hidden": 192, "bands": 0, "mean_norm_s": 0.0}
+    DEFAULTS = {"widths": list(DEFAULT_WIDTHS), "hidden": 192, "bands": 0, "mean_norm_s": 0.0, "lookahead": 0}
     past_frames = math.inf
-    future_frames = 0
 
     def __init__(self, widths: tuple[int, ...] | list[int] = DEFAULT_WIDTHS, hidden: int = 192, bands: int = 0,
-                 mean_norm_s: float = 0.0):
+                 mean_norm_s: float = 0.0, lookahead: int = 0):
         widths, hidden, bands, mean_norm_s = _positive("crn", widths, 4), int(hidden), int(bands), float(mean_norm_s)
         if hidden < 1:
             raise ValueError(f"crn hidden size must be positive, got {hidden}")
+        if (isinstance(lookahead, bool) or not isinstance(lookahead, (int, float)) or lookahead != int(lookahead)
+                or not 0 <= lookahead <= MAX_LOOKAHEAD):
+            raise ValueError(f"crn lookahead must be a whole number of frames from 0 to {MAX_LOOKAHEAD}, got {lookahead}")
+        lookahead = int(lookahead)
         if not (math.isfinite(mean_norm_s) and mean_norm_s >= 0):
             raise ValueError(f"crn mean_norm_s must be 0 (off) or a time in seconds, got {mean_norm_s}")
         if bands and (bands < 33 or (bands - 1) % 16):  # four halvings, then the decoder's 2F - 1
             raise ValueError(f"crn bands must be 0 (all {dsp.N_BINS} bins) or 16k + 1 ≥ 33, e.g. 129; got {bands}")
-        super().__init__(widths=widths, hidden=hidden, bands=bands, mean_norm_s=mean_norm_s)
+        super().__init__(widths=widths, hidden=hidden, bands=bands, mean_norm_s=mean_norm_s, lookahead=lookahead)
         # Per-frame decay of the running mean: a time constant of mean_norm_s.
         self.decay = math.exp(-dsp.HOP / dsp.SAMPLE_RATE / mean_norm_s) if mean_norm_s else 0.0
         if bands:  # fixed, rebuilt from the config: not saved with the weights
@@ -280,10 +291,18 @@ class CRN(MaskNet):
     def streamable(self) -> bool:
         return True
 
+    @property
+    def future_frames(self) -> int:
+        return self._config["lookahead"]
+
     def forward(self, noisy_mag: torch.Tensor) -> torch.Tensor:
-        return self.stream(noisy_mag, None)[0]
+        ahead = self.future_frames
+        if ahead:  # silence after the end, as a stream is flushed
+            noisy_mag = nn.functional.pad(noisy_mag, (0, ahead))
+        return self.stream(noisy_mag, None)[0][..., ahead:]
 
     def stream(self, noisy_mag: torch.Tensor, state: object | None) -> tuple[torch.Tensor, object]:
+        """One mask per input frame, ``lookahead`` frames late (see the class docstring)."""
         caches, hidden, mean = state if state is not None else ([None] * len(self.encoder), None, None)
         bands = self._config["bands"]
         x = self.features(self.to_bands @ noisy_mag if bands else noisy_mag)
@@ -342,11 +361,11 @@ class BandCRN(CRN):
     a wider GRU for a fifth fewer MACs than ``crn``, and a gain that is smooth above 2 kHz."""
 
     name = "crn_erb"
-    DEFAULTS = {"widths": list(CRN.DEFAULT_WIDTHS), "hidden": 256, "bands": 129, "mean_norm_s": 0.0}
+    DEFAULTS = {"widths": list(CRN.DEFAULT_WIDTHS), "hidden": 256, "bands": 129, "mean_norm_s": 0.0, "lookahead": 0}
 
     def __init__(self, widths: tuple[int, ...] | list[int] = CRN.DEFAULT_WIDTHS, hidden: int = 256,
-                 bands: int = 129, mean_norm_s: float = 0.0):
-        super().__init__(widths, hidden, bands, mean_norm_s)
+                 bands: int = 129, mean_norm_s: float = 0.0, lookahead: int = 0):
+        super().__init__(widths, hidden, bands, mean_norm_s, lookahead)
 
 
 def _architecture(arch: str) -> type[MaskNet]:

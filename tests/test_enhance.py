@@ -20,13 +20,13 @@ def model():
     return m.eval()
 
 
-@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+@pytest.mark.parametrize(("arch", "options"), [(a, {}) for a in sorted(ARCHITECTURES)] + [("crn", {"lookahead": 3})])
 @pytest.mark.parametrize("block", [7000, 333])
-def test_chunked_streaming_equals_whole_file(arch, block):
+def test_chunked_streaming_equals_whole_file(arch, options, block):
     """Each architecture, chunked with the context it declares (a recurrent one carrying
-    its state), gives the whole-file result."""
+    its state, one with look-ahead handing its masks over late), gives the whole-file result."""
     torch.manual_seed(0)
-    net = build_model(arch)
+    net = build_model(arch, **options)
     net.train()
     net(torch.rand(2, 1, 257, 64) * 5)  # non-trivial BatchNorm statistics
     net.eval()

@@ -52,9 +52,9 @@ def test_onnx_runtime_matches_pytorch(arch, tmp_path):
     np.testing.assert_allclose(enhance_array(runtime, x, 0.9), enhance_array(net, x, 0.9), atol=1e-4)
 
 
-@pytest.mark.parametrize("mean_norm_s", [0.0, 0.5])
-def test_streaming_network_streams_through_onnx_with_its_state(mean_norm_s):
-    net = _trained_like("crn", mean_norm_s=mean_norm_s)
+@pytest.mark.parametrize(("mean_norm_s", "lookahead"), [(0.0, 0), (0.5, 0), (0.5, 2)])
+def test_streaming_network_streams_through_onnx_with_its_state(mean_norm_s, lookahead):
+    net = _trained_like("crn", mean_norm_s=mean_norm_s, lookahead=lookahead)
     runtime = OnnxNet(export_onnx(net, None))
     assert runtime.streamable and len(runtime.meta["state_shapes"]) == 5 + bool(mean_norm_s)
     mag = torch.rand(1, 1, 257, 301) * 3  # whole, past the running mean's 64-frame blocks
@@ -77,6 +77,7 @@ def test_hop_by_hop_stream_equals_offline(block):
     out = np.concatenate([*parts, stream.finish()], axis=1)[0]
     np.testing.assert_allclose(out, enhance_array(net, x), atol=1e-4)
     assert latency_ms(net, 128) == pytest.approx(40.0)
+    assert latency_ms(_trained_like("crn", lookahead=2), 128) == pytest.approx(56.0)  # 2 frames of 8 ms more
     assert latency_ms(_trained_like("unet"), 128) == pytest.approx(8 + 24 * 8)
     assert latency_ms(_trained_like("mask_cnn"), 128) == pytest.approx(8 + 10 * 8)
 

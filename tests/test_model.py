@@ -81,11 +81,12 @@ def test_every_architecture_round_trips_through_its_model_file(tmp_path, arch):
     assert not list(tmp_path.glob("*.tmp"))
 
 
-@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
-def test_declared_context_is_what_the_network_sees(arch):
+@pytest.mark.parametrize(("arch", "options"), [(a, {}) for a in sorted(ARCHITECTURES)] + [("crn", {"lookahead": 2})])
+def test_declared_context_is_what_the_network_sees(arch, options):
     """A change at frame 100 moves the mask exactly at the frames the architecture declares."""
     torch.manual_seed(0)
-    model = build_model(arch).eval()
+    model = build_model(arch, **options).eval()
+    assert model.future_frames == options.get("lookahead", model.future_frames)
     x = torch.rand(1, 1, 257, 200) + 0.01
     changed = x.clone()
     changed[..., 100] *= 10
@@ -96,10 +97,12 @@ def test_declared_context_is_what_the_network_sees(arch):
     assert frames[-1] == (199 if math.isinf(model.past_frames) else 100 + model.past_frames)
 
 
-@pytest.mark.parametrize("mean_norm_s", [0.0, 0.5])
-def test_the_crn_streams_chunk_by_chunk_as_it_runs_whole(mean_norm_s):
+@pytest.mark.parametrize(("mean_norm_s", "lookahead"), [(0.0, 0), (0.5, 0), (0.5, 3)])
+def test_the_crn_streams_chunk_by_chunk_as_it_runs_whole(mean_norm_s, lookahead):
+    """Streamed in 7-frame pieces, then flushed with ``lookahead`` silent frames, the masks
+    come ``lookahead`` frames late and equal the whole-input call."""
     torch.manual_seed(0)
-    model = build_model("crn", [8, 8, 8, 8], hidden=16, mean_norm_s=mean_norm_s).eval()
+    model = build_model("crn", [8, 8, 8, 8], hidden=16, mean_norm_s=mean_norm_s, lookahead=lookahead).eval()
     assert len(model.zero_state()) == 5 + bool(mean_norm_s)  # the running mean rides in the state
     x = torch.rand(2, 1, 257, 150)  # whole: three blocks of the running mean
     with torch.no_grad():
@@ -107,7 +110,18 @@ def test_the_crn_streams_chunk_by_chunk_as_it_runs_whole(mean_norm_s):
         for start in range(0, 150, 7):
             mask, state = model.stream(x[..., start:start + 7], state)
             parts.append(mask)
-    torch.testing.assert_close(torch.cat(parts, dim=-1), whole, atol=1e-6, rtol=0)
+        if lookahead:
+            parts.append(model.stream(torch.zeros(2, 1, 257, lookahead), state)[0])
+    streamed = torch.cat(parts, dim=-1)
+    assert streamed.shape[-1] == 150 + lookahead
+    torch.testing.assert_close(streamed[..., lookahead:], whole, atol=1e-6, rtol=0)
+
+
+def test_crn_lookahead_is_checked():
+    for bad in (-1, 1.5, "two", True, 17):
+        with pytest.raises(ValueError, match="lookahead"):
+            build_model("crn", lookahead=bad)
+    assert build_model("crn", lookahead=2.0).config()["lookahead"] == 2  # JSON may give 2.0
 
 
 def test_running_mean_is_the_exponential_average_from_its_start():
