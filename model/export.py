@@ -6,8 +6,9 @@ has its own. A streaming network (``streamable``) is exported as one step of its
 its state goes in and comes out as extra tensors (``state_i`` → ``next_state_i``), zeros
 at the start, so the same graph enhances a whole file in one call or a stream frame by
 frame. A network with look-ahead (``model_config["lookahead"]`` frames) gives each mask
-that many frames late: feed that many frames of zero magnitude at the end to flush it. The model's settings (architecture, STFT, default strength) ride along as ONNX
-metadata (``speech_enhance``, JSON).
+that many frames late: feed that many frames of zero magnitude at the end to flush it.
+The model's settings (architecture, STFT, default strength) ride along as ONNX metadata
+(``speech_enhance``, JSON).
 """
 
 from __future__ import annotations
