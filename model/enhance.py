@@ -94,8 +94,9 @@ class StreamingEnhancer:
         if segment % dsp.HOP or context % dsp.HOP:
             raise ValueError("segment and context must be multiples of the hop")
         self.model, self.strength, self.segment, self.context = model, strength, segment, context
-        self.streaming = getattr(getattr(model, "module", model), "streamable", False)
-        self.delay = int(getattr(model, "module", model).future_frames) if self.streaming else 0
+        net = getattr(model, "module", model)
+        self.streaming = getattr(net, "streamable", False)
+        self.delay = int(net.future_frames) if self.streaming else 0
         self.buffer = np.zeros((channels, 0), np.float32)
         self.buffer_start = 0  # absolute sample index of buffer[:, 0]
         self.done = 0  # absolute index up to which output has been emitted

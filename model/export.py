@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from speech_enhance.model.net import MaskNet, build_model, load_model, model_config
+from speech_enhance.model.net import MaskNet, build_model, load_model, model_config, stream_whole
 from speech_enhance.pipeline import dsp
 
 OPSET = 18
@@ -112,10 +112,9 @@ class OnnxNet:
         return torch.from_numpy(mask), new
 
     def __call__(self, noisy_mag: torch.Tensor) -> torch.Tensor:
-        ahead = self.future_frames if self.streamable else 0
-        if ahead:  # the stream's masks come late: flush it with silence, as the network's forward does
-            noisy_mag = torch.nn.functional.pad(noisy_mag, (0, ahead))
-        return self._run(noisy_mag, self._zero)[0][..., ahead:]
+        if not self.streamable:
+            return self._run(noisy_mag, self._zero)[0]
+        return stream_whole(self.stream, noisy_mag, self.future_frames)  # as the network's forward
 
     def stream(self, noisy_mag: torch.Tensor, state: list[np.ndarray] | None) -> tuple[torch.Tensor, list]:
         return self._run(noisy_mag, self._zero if state is None else state)

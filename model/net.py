@@ -296,10 +296,7 @@ class CRN(MaskNet):
         return self._config["lookahead"]
 
     def forward(self, noisy_mag: torch.Tensor) -> torch.Tensor:
-        ahead = self.future_frames
-        if ahead:  # silence after the end, as a stream is flushed
-            noisy_mag = nn.functional.pad(noisy_mag, (0, ahead))
-        return self.stream(noisy_mag, None)[0][..., ahead:]
+        return stream_whole(self.stream, noisy_mag, self.future_frames)
 
     def stream(self, noisy_mag: torch.Tensor, state: object | None) -> tuple[torch.Tensor, object]:
         """One mask per input frame, ``lookahead`` frames late (see the class docstring)."""
@@ -327,6 +324,15 @@ class CRN(MaskNet):
     def unflat_state(self, tensors: list[torch.Tensor]) -> object:
         n = len(self.encoder)
         return list(tensors[:n]), tensors[n], (tensors[n + 1] if self.decay else None)
+
+
+def stream_whole(stream, noisy_mag: torch.Tensor, lookahead: int) -> torch.Tensor:  # noqa: ANN001
+    """The masks of a whole input from a fresh ``stream`` (a network's, or its ONNX
+    stand-in's) whose masks come ``lookahead`` frames late: the end padded with that many
+    silent frames, as a stream is flushed, and the first that many masks dropped."""
+    if lookahead:
+        noisy_mag = nn.functional.pad(noisy_mag, (0, lookahead))
+    return stream(noisy_mag, None)[0][..., lookahead:]
 
 
 def running_mean(x: torch.Tensor, start: torch.Tensor, decay: float, block: int = 64) -> torch.Tensor:
