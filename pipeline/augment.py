@@ -11,9 +11,9 @@ Signal chain of one mixture (``n`` samples of clean speech)::
     clean  = clean with speech gaps: spans silenced with 10 ms fades (train only; optional)
     speech = clean * RIR            (real RIR file or simulated shoebox room; optional)
     target = clean (dry) | clean * RIR[:direct + 50 ms] (early)      -- the training target
-    noise  = file segment [+ 2nd file at a ratio] | babble | made up from a seed: coloured,
-             randomly shaped and gusting, impulsive (knocks, clatter, rain), tonal (hum, chirps)
-             -> noise EQ -> slow gain modulation
+    noise  = file segment [+ 2nd file at a ratio] [-> played faster or slower] | babble |
+             made up from a seed: coloured, randomly shaped and gusting, impulsive (knocks,
+             clatter, rain), tonal (hum, chirps) -> noise EQ -> slow gain modulation
     speech, target, noise -> microphone EQ (the same filter on all three)
     noise scaled to the SNR against the speech in the mixture; joint level gain
     noisy = speech + noise -> optional clipping at a fraction of its peak
@@ -30,6 +30,7 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import soxr
 from scipy import signal
 
 from speech_enhance.pipeline.dsp import SAMPLE_RATE, fit_noise, noise_offset_range, power
@@ -47,6 +48,7 @@ BABBLE_SHARE = 0.3  # of synthetic-noise mixtures (crowds, cafés, markets: the 
 GAP_SECONDS = (0.2, 1.5)  # length of one speech gap
 GAP_COVER = (0.2, 0.5)  # fraction of an utterance its gaps add up to (at most half: speech stays)
 GAP_FADE = 160  # samples (10 ms) of raised-cosine fade at each edge of a gap, so no click
+SPEED_RANGE = (0.5, 2.0)  # playback speed of a recorded noise, log-uniform: an octave either way
 
 
 @dataclass(frozen=True)
@@ -61,15 +63,17 @@ class Variety:
     noise_transforms: float = 0.0  # fraction of train mixtures with noise EQ/modulation/second noise
     synthetic_noise: float = 0.0  # fraction of train mixtures with babble or generated noise
     speech_gaps: float = 0.0  # fraction of train mixtures with spans of speech silenced (noise only)
+    noise_speed: float = 0.0  # fraction of recorded train noises played faster or slower (pitch and tempo)
 
     def enabled(self) -> bool:
         return any((self.rir, self.rooms, self.mic_eq, self.clip, self.noise_transforms, self.synthetic_noise,
-                    self.speech_gaps))
+                    self.speech_gaps, self.noise_speed))
 
     def to_dict(self) -> dict:
         out = asdict(self)
-        if not self.speech_gaps:  # left out when off: builds made before it keep their dataset.json
-            del out["speech_gaps"]
+        for late in ("speech_gaps", "noise_speed"):  # left out when off: older builds keep their dataset.json
+            if not out[late]:
+                del out[late]
         return out
 
 
@@ -316,7 +320,8 @@ def empty_fields() -> dict:
     return {"noise_kind": "file", "noise_seed": 0, "noise_color": 0.0, "babble_paths": [], "babble_offsets": [],
             "noise2_path": "", "noise2_offset": 0, "noise2_db": 0.0, "noise_sos": [], "mod_depth": 0.0,
             "mod_hz": 0.0, "mod_phase": 0.0, "rir_kind": "", "rir_path": "", "room_dims": [], "rt60": 0.0,
-            "source_pos": [], "mic_pos": [], "target": "early", "mic_sos": [], "clip_level": 0.0, "speech_gaps": []}
+            "source_pos": [], "mic_pos": [], "target": "early", "mic_sos": [], "clip_level": 0.0, "speech_gaps": [],
+            "noise_speed": 1.0}
 
 
 def draw(rng: np.random.Generator, variety: Variety, split: str, n_samples: int, speaker: str,
@@ -362,6 +367,8 @@ def draw(rng: np.random.Generator, variety: Variety, split: str, n_samples: int,
     # Drawn last, and only when asked for, so builds without gaps draw what they always did.
     if variety.speech_gaps and rng.random() < variety.speech_gaps:
         fields["speech_gaps"] = draw_gaps(rng, n_samples)
+    if variety.noise_speed and fields["noise_kind"] == "file" and rng.random() < variety.noise_speed:
+        fields["noise_speed"] = float(np.exp(rng.uniform(*np.log(SPEED_RANGE))))
     return fields
 
 
@@ -371,6 +378,23 @@ def noise_type(fields: dict, file_type: str) -> str:
 
 
 # ---------------------------------------------------------------- rendering
+SPEED_MARGIN = 64  # extra samples read for a speed change, so the resampler's edge never falls short
+
+
+def change_speed(x: np.ndarray, speed: float) -> np.ndarray:
+    """``x`` played ``speed`` times as fast (pitch and tempo together, as a tape): about
+    ``len(x) / speed`` samples. The spectrum and the rhythm move together, so one engine,
+    rain or café recording becomes many that the network has not heard."""
+    return soxr.resample(np.asarray(x, dtype=np.float32), SAMPLE_RATE * speed, SAMPLE_RATE,
+                         quality="HQ").astype(np.float32, copy=False)
+
+
+def _read(noise: np.ndarray, m: int, offset: int) -> np.ndarray:
+    """``m`` samples of ``noise`` from ``offset`` (drawn for another length: clamped to fit)."""
+    if len(noise) >= m:
+        offset = min(offset, len(noise) - m)
+    return fit_noise(noise, m, offset % len(noise))
+
 def speech_and_target(clean: np.ndarray, row: dict, load_rir) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
     """(speech as it reaches the microphone, training target) for one row."""
     clean = cut_gaps(clean, row.get("speech_gaps") or [])  # before the room: reverb tails run into a gap
@@ -393,11 +417,15 @@ def noise_segment(row: dict, n: int, load_noise, load_clean) -> np.ndarray:  # n
     elif kind == "babble":
         noise = babble([load_clean(p) for p in row["babble_paths"]], n, list(row["babble_offsets"]))
     else:
-        noise = fit_noise(load_noise(row["noise_path"]), n, int(row["noise_offset"]))
+        speed = float(row.get("noise_speed") or 1.0)
+        m = n if speed == 1.0 else math.ceil(n * speed) + SPEED_MARGIN  # samples read before the speed change
+        noise = _read(load_noise(row["noise_path"]), m, int(row["noise_offset"]))
         if row["noise2_path"]:
-            second = fit_noise(load_noise(row["noise2_path"]), n, int(row["noise2_offset"]))
+            second = _read(load_noise(row["noise2_path"]), m, int(row["noise2_offset"]))
             ratio = math.sqrt(power(noise) / max(power(second), 1e-20) * 10 ** (float(row["noise2_db"]) / 10))
             noise = (noise + second * np.float32(ratio)).astype(np.float32)
+        if speed != 1.0:
+            noise = change_speed(noise, speed)[:n]
     noise = apply_sos(noise, list(row["noise_sos"]))
     if row["mod_depth"]:
         noise = noise * gain_envelope(n, float(row["mod_depth"]), float(row["mod_hz"]), float(row["mod_phase"]))

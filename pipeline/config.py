@@ -47,6 +47,7 @@ class BuildConfig:
     noise_transforms: float = 0.0  # fraction of train mixtures with noise EQ, modulation or a second noise
     synthetic_noise: float = 0.0  # fraction of train mixtures with babble or generated noise
     speech_gaps: float = 0.0  # fraction of train mixtures with spans of speech silenced
+    noise_speed: float = 0.0  # fraction of recorded train noises played 0.5-2x as fast
     # Test hook, not part of the dataset config (also read from the environment variable
     # SPEECH_ENHANCE_FAULT_INJECTION as JSON): {"marker": path} makes the first file
     # job's worker process die once, before it writes, to exercise Ray's task retries;
@@ -82,7 +83,8 @@ class BuildConfig:
         for option, value in (("--rir-prob", self.rir_prob), ("--simulate-rooms", self.simulate_rooms),
                               ("--mic-eq", self.mic_eq), ("--clip", self.clip),
                               ("--noise-transforms", self.noise_transforms),
-                              ("--synthetic-noise", self.synthetic_noise), ("--speech-gaps", self.speech_gaps)):
+                              ("--synthetic-noise", self.synthetic_noise), ("--speech-gaps", self.speech_gaps),
+                              ("--noise-speed", self.noise_speed)):
             if not 0 <= value <= 1:
                 raise ValueError(f"{option} is a fraction of mixtures in [0, 1], got {value:g}")
         if self.rir_dir is not None and self.simulate_rooms + self.rir_prob > 1 + 1e-9:
@@ -120,7 +122,7 @@ class BuildConfig:
         return augment.Variety(rir=self.rir_prob if self.rir_dir is not None else 0.0, rooms=self.simulate_rooms,
                                target=self.reverb_target, mic_eq=self.mic_eq, clip=self.clip,
                                noise_transforms=self.noise_transforms, synthetic_noise=self.synthetic_noise,
-                               speech_gaps=self.speech_gaps)
+                               speech_gaps=self.speech_gaps, noise_speed=self.noise_speed)
 
     def effective(self) -> dict:
         """The config as recorded in dataset.json (paths resolved, defaults filled)."""

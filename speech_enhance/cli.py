@@ -297,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
         ("--speech-gaps", "speech_gaps",
          "fraction of train mixtures with 20-50%% of their speech silenced in gaps of 0.2-1.5 s, so the network "
          "also learns noise alone"),
+        ("--noise-speed", "noise_speed",
+         "fraction of train mixtures with a recorded noise whose noise is played 0.5-2x as fast (pitch and tempo "
+         "together), so eight recordings sound like many"),
     ):
         _option(variety, flag, BuildConfig, dest, text, type=float, metavar="P")
     _option(variety, "--reverb-target", BuildConfig, "reverb_target",

@@ -104,7 +104,57 @@ def _corpus(speakers=10, utts=2, noises=10):
 
 
 FULL = augment.Variety(rir=0.3, rooms=0.3, target="dry", mic_eq=0.5, clip=0.2, noise_transforms=0.5,
-                       synthetic_noise=0.4, speech_gaps=0.5)
+                       synthetic_noise=0.4, speech_gaps=0.5, noise_speed=0.6)
+
+
+def _peak_hz(x: np.ndarray) -> float:
+    return float(np.fft.rfftfreq(len(x), 1 / dsp.SAMPLE_RATE)[np.abs(np.fft.rfft(x)).argmax()])
+
+
+@pytest.mark.parametrize("speed", [0.5, 0.8, 1.5, 2.0])
+def test_a_speed_change_moves_pitch_and_tempo_together(speed):
+    t = np.arange(32_000) / dsp.SAMPLE_RATE
+    tone = np.sin(2 * math.pi * 1000 * t).astype(np.float32)
+    out = augment.change_speed(tone, speed)
+    assert out.dtype == np.float32
+    assert len(out) == pytest.approx(len(tone) / speed, abs=2)
+    assert _peak_hz(out) == pytest.approx(1000 * speed, rel=0.01)
+    np.testing.assert_array_equal(out, augment.change_speed(tone, speed))
+
+
+def test_noise_speed_is_drawn_last_for_recorded_train_noise_only():
+    clean, noise, rirs = _corpus()
+    kw = dict(snr_range=(-5.0, 20.0), mixtures_per_clean=3, rirs=rirs)
+    without = as_rows(plan_mixtures(clean, noise, [0.0], (0.8, 0.1, 0.1), seed=1,
+                                    variety=dataclasses.replace(FULL, noise_speed=0.0), **kw)[0])
+    rows = as_rows(plan_mixtures(clean, noise, [0.0], (0.8, 0.1, 0.1), seed=1, variety=FULL, **kw)[0])
+    assert [{**r, "noise_speed": 1.0} for r in rows] == without  # a build without it is unchanged
+    sped = [r for r in rows if r["noise_speed"] != 1.0]
+    assert sped and all(r["split"] == "train" and r["noise_kind"] == "file" for r in sped)
+    recorded = [r for r in rows if r["split"] == "train" and r["noise_kind"] == "file"]
+    assert 0.4 < len(sped) / len(recorded) < 0.8
+    assert all(augment.SPEED_RANGE[0] <= r["noise_speed"] <= augment.SPEED_RANGE[1] for r in sped)
+    assert min(r["noise_speed"] for r in sped) < 0.8 and max(r["noise_speed"] for r in sped) > 1.25
+    assert "noise_speed" not in dataclasses.replace(FULL, noise_speed=0.0).to_dict()
+
+
+def test_a_sped_noise_is_the_recording_resampled_and_an_old_row_renders_as_before():
+    t = np.arange(40_000) / dsp.SAMPLE_RATE
+    recording = np.sin(2 * math.pi * 500 * t).astype(np.float32)
+    row = {**augment.empty_fields(), "noise_path": "n.wav", "noise_offset": 20_000}
+    n = 16_000
+
+    def segment(**fields):
+        return augment.noise_segment({**row, **fields}, n, lambda path: recording, None)
+
+    plain = segment()
+    np.testing.assert_array_equal(plain, recording[20_000:36_000])
+    old = {k: v for k, v in row.items() if k != "noise_speed"}  # a manifest written before the option
+    np.testing.assert_array_equal(augment.noise_segment(old, n, lambda path: recording, None), plain)
+    for speed in (0.5, 2.0):  # the offset, drawn for n samples, is clamped when more are read
+        sped = segment(noise_speed=speed)
+        assert len(sped) == n and sped.dtype == np.float32
+        assert _peak_hz(sped) == pytest.approx(500 * speed, rel=0.01)
 
 
 def test_speech_gaps_silence_their_spans_with_fades():
@@ -131,9 +181,10 @@ def test_speech_gaps_silence_their_spans_with_fades():
 def test_speech_gaps_are_drawn_last_and_for_train_only():
     clean, noise, rirs = _corpus()
     kw = dict(snr_range=(-5.0, 20.0), mixtures_per_clean=3, rirs=rirs)
+    gaps = dataclasses.replace(FULL, noise_speed=0.0)  # the draw after the gaps would move with them
     without = as_rows(plan_mixtures(clean, noise, [0.0], (0.8, 0.1, 0.1), seed=1,
-                                    variety=dataclasses.replace(FULL, speech_gaps=0.0), **kw)[0])
-    rows = as_rows(plan_mixtures(clean, noise, [0.0], (0.8, 0.1, 0.1), seed=1, variety=FULL, **kw)[0])
+                                    variety=dataclasses.replace(gaps, speech_gaps=0.0), **kw)[0])
+    rows = as_rows(plan_mixtures(clean, noise, [0.0], (0.8, 0.1, 0.1), seed=1, variety=gaps, **kw)[0])
     # Every other draw is what a build without gaps makes, so such a build is unchanged.
     assert [{**r, "speech_gaps": []} for r in rows] == without
     gapped = [r for r in rows if r["speech_gaps"]]
@@ -218,8 +269,10 @@ def test_varied_mixtures_hit_their_snr_and_re_render_bit_for_bit(varied_rows):
             assert (mix.clean[start:stop] == 0).all()
             np.testing.assert_array_equal(mix.noisy[start:stop], mix.noise[start:stop])
             seen.add("gaps")
+        if row["noise_speed"] != 1.0:
+            seen.add("speed")
         seen |= {row["noise_kind"], row["rir_kind"]}
-    assert seen >= {*augment.NOISE_KINDS, "room", "", "gaps"}
+    assert seen >= {*augment.NOISE_KINDS, "room", "", "gaps", "speed"}
 
 
 def test_a_silent_rir_file_is_refused_with_a_reason(tmp_path):

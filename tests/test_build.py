@@ -211,7 +211,7 @@ def test_several_clean_folders_combine_with_speakers_named_per_folder(ray_sessio
 
 VARIETY_ARGS = ["--snr-range", "-5", "20", "--mixtures-per-clean", "3", "--simulate-rooms", "0.4", "--rir-prob", "0.4",
                 "--mic-eq", "0.5", "--clip", "0.2", "--noise-transforms", "0.5", "--synthetic-noise", "0.4",
-                "--speech-gaps", "0.5"]
+                "--speech-gaps", "0.5", "--noise-speed", "0.5"]
 
 
 def test_varied_build_records_every_draw_and_re_renders_whatever_the_parallelism(ray_session, tiny_corpus, tmp_path):
@@ -236,7 +236,7 @@ def test_varied_build_records_every_draw_and_re_renders_whatever_the_parallelism
     assert info["config"]["snr_range"] == [-5.0, 20.0] and info["config"]["variety"]["rooms"] == 0.4
     manifest = dataset.load_manifest(out)
     assert {"rir_kind", "rir_path", "room_dims", "rt60", "mic_sos", "noise_sos", "clip_level", "noise_kind",
-            "babble_paths", "mod_depth", "noise2_path", "target", "speech_gaps"} <= set(manifest[0])
+            "babble_paths", "mod_depth", "noise2_path", "target", "speech_gaps", "noise_speed"} <= set(manifest[0])
     assert any(r["speech_gaps"] for r in manifest) and not any(r["speech_gaps"] for r in manifest if r["split"] != "train")
     assert {r["rir_kind"] for r in manifest} == {"", "file", "room"}
     assert all(abs(r["measured_snr_db"] - r["snr_db"]) < 0.1 for r in manifest)

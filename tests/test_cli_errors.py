@@ -51,6 +51,15 @@ def test_build_refuses_split_fractions_that_are_not_a_partition(tmp_path, capsys
     _one_line_error(capsys, "--split", "sum to 1")
 
 
+@pytest.mark.parametrize("flag", ["--noise-speed", "--speech-gaps", "--synthetic-noise"])
+def test_build_refuses_a_variety_fraction_outside_0_1(tmp_path, capsys, flag):
+    (tmp_path / "speech").mkdir()
+    (tmp_path / "noise").mkdir()
+    assert main(["build", "--clean", str(tmp_path / "speech"), "--noise", str(tmp_path / "noise"),
+                 "--out", str(tmp_path / "data"), flag, "1.5"]) == 1
+    _one_line_error(capsys, flag, "[0, 1]", "1.5")
+
+
 @pytest.fixture()
 def model_file(tmp_path):
     torch.manual_seed(0)
