@@ -364,7 +364,7 @@ def draw(rng: np.random.Generator, variety: Variety, split: str, n_samples: int,
             second = noises[int(rng.integers(len(noises)))]
             fields.update(noise2_path=second.path, noise2_db=float(rng.uniform(-10, 0)),
                           noise2_offset=int(rng.integers(0, noise_offset_range(second.n_samples, n_samples))))
-    # Drawn last, and only when asked for, so builds without gaps draw what they always did.
+    # Drawn last, and only when asked for, so builds without them draw what they always did.
     if variety.speech_gaps and rng.random() < variety.speech_gaps:
         fields["speech_gaps"] = draw_gaps(rng, n_samples)
     if variety.noise_speed and fields["noise_kind"] == "file" and rng.random() < variety.noise_speed:
@@ -382,9 +382,8 @@ SPEED_MARGIN = 64  # extra samples read for a speed change, so the resampler's e
 
 
 def change_speed(x: np.ndarray, speed: float) -> np.ndarray:
-    """``x`` played ``speed`` times as fast (pitch and tempo together, as a tape): about
-    ``len(x) / speed`` samples. The spectrum and the rhythm move together, so one engine,
-    rain or café recording becomes many that the network has not heard."""
+    """``x`` played ``speed`` times as fast, pitch and tempo together as on a tape: about
+    ``len(x) / speed`` samples. One engine, rain or café recording becomes many."""
     return soxr.resample(np.asarray(x, dtype=np.float32), SAMPLE_RATE * speed, SAMPLE_RATE,
                          quality="HQ").astype(np.float32, copy=False)
 
@@ -394,6 +393,7 @@ def _read(noise: np.ndarray, m: int, offset: int) -> np.ndarray:
     if len(noise) >= m:
         offset = min(offset, len(noise) - m)
     return fit_noise(noise, m, offset % len(noise))
+
 
 def speech_and_target(clean: np.ndarray, row: dict, load_rir) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
     """(speech as it reaches the microphone, training target) for one row."""
