@@ -389,10 +389,10 @@ def change_speed(x: np.ndarray, speed: float) -> np.ndarray:
 
 
 def _read(noise: np.ndarray, m: int, offset: int) -> np.ndarray:
-    """``m`` samples of ``noise`` from ``offset`` (drawn for another length: clamped to fit)."""
+    """``m`` samples of ``noise`` from ``offset``, drawn for another length: clamped where ``m`` runs past the end."""
     if len(noise) >= m:
         offset = min(offset, len(noise) - m)
-    return fit_noise(noise, m, offset % len(noise))
+    return fit_noise(noise, m, offset)
 
 
 def speech_and_target(clean: np.ndarray, row: dict, load_rir) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
