@@ -82,7 +82,8 @@ def speaker_of(path: Path, root: Path, speaker_regex: str | None = None) -> str:
     return match.group(1) if match.groups() else match.group(0)
 
 
-def resample(x: np.ndarray, rate: int, target: int = SAMPLE_RATE) -> np.ndarray:
+def resample(x: np.ndarray, rate: float, target: int = SAMPLE_RATE) -> np.ndarray:
+    """``x`` sampled at ``rate`` Hz (any positive rate, not only an integer) resampled to ``target``."""
     if rate == target:
         return x.astype(np.float32, copy=False)
     return soxr.resample(x, rate, target, quality="HQ").astype(np.float32, copy=False)

@@ -30,9 +30,9 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import soxr
 from scipy import signal
 
+from speech_enhance.pipeline.audio import resample
 from speech_enhance.pipeline.dsp import SAMPLE_RATE, fit_noise, noise_offset_range, power
 
 EARLY_MS = 50  # reflections within this of the direct path count as "early" (target "early")
@@ -384,8 +384,7 @@ SPEED_MARGIN = 64  # extra samples read for a speed change, so the resampler's e
 def change_speed(x: np.ndarray, speed: float) -> np.ndarray:
     """``x`` played ``speed`` times as fast, pitch and tempo together as on a tape: about
     ``len(x) / speed`` samples. One engine, rain or café recording becomes many."""
-    return soxr.resample(np.asarray(x, dtype=np.float32), SAMPLE_RATE * speed, SAMPLE_RATE,
-                         quality="HQ").astype(np.float32, copy=False)
+    return resample(np.asarray(x, dtype=np.float32), SAMPLE_RATE * speed)  # read as if recorded at speed × 16 kHz
 
 
 def _read(noise: np.ndarray, m: int, offset: int) -> np.ndarray:
