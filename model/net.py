@@ -30,6 +30,8 @@ from speech_enhance.pipeline import dsp, storage
 FORMAT_VERSION = 1
 LOG_EPS = 1e-3
 MAX_LOOKAHEAD = 16  # frames (128 ms): past that, a network meant to stream should run whole
+FLOOR_SOFTNESS = 0.25  # floor_s: temperature of the soft minimum, in units of the normalised features
+FLOOR_MAX_EXP = 60.0  # floor_s: exp(-x / softness) is clamped below float32's range
 ARCHITECTURES: dict[str, type[MaskNet]] = {}
 
 
@@ -247,6 +249,13 @@ class CRN(MaskNet):
     at zero, carried in the stream state), as DeepFilterNet normalises its input. Steady
     noise then looks alike whatever its level and colour, and speech stands out of it.
 
+    ``floor_s`` > 0 adds another input channel: the features above their causal running
+    noise floor per bin, a soft minimum over the past whose older values count less the
+    older they are (time constant ``floor_s`` seconds; :func:`noise_floor`), as minimum
+    statistics track noise under speech (Martin, 2001). The running mean follows speech
+    as well as noise; the floor stays under speech, so the channel reads as an a
+    posteriori SNR whatever the noise (noise-aware training, Seltzer et al., 2013).
+
     ``lookahead`` > 0 lets each mask see that many later frames (8 ms each), as
     DeepFilterNet's look-ahead does: the network runs as before, and its output is taken
     ``lookahead`` frames late, so a stream's masks lag its input by that much (the first
@@ -257,12 +266,14 @@ class CRN(MaskNet):
     name = "crn"
     # Narrow first layers: they run at 129 and 65 bins, where most of the time goes.
     DEFAULT_WIDTHS = (8, 16, 32, 32)
-    DEFAULTS = {"widths": list(DEFAULT_WIDTHS), "hidden": 192, "bands": 0, "mean_norm_s": 0.0, "lookahead": 0}
+    DEFAULTS = {"widths": list(DEFAULT_WIDTHS), "hidden": 192, "bands": 0, "mean_norm_s": 0.0, "lookahead": 0,
+                "floor_s": 0.0}
     past_frames = math.inf
 
     def __init__(self, widths: tuple[int, ...] | list[int] = DEFAULT_WIDTHS, hidden: int = 192, bands: int = 0,
-                 mean_norm_s: float = 0.0, lookahead: int = 0):
+                 mean_norm_s: float = 0.0, lookahead: int = 0, floor_s: float = 0.0):
         widths, hidden, bands, mean_norm_s = _positive("crn", widths, 4), int(hidden), int(bands), float(mean_norm_s)
+        floor_s = float(floor_s)
         if hidden < 1:
             raise ValueError(f"crn hidden size must be positive, got {hidden}")
         if (isinstance(lookahead, bool) or not isinstance(lookahead, (int, float)) or lookahead != int(lookahead)
@@ -271,16 +282,20 @@ class CRN(MaskNet):
         lookahead = int(lookahead)
         if not (math.isfinite(mean_norm_s) and mean_norm_s >= 0):
             raise ValueError(f"crn mean_norm_s must be 0 (off) or a time in seconds, got {mean_norm_s}")
+        if not (math.isfinite(floor_s) and floor_s >= 0):
+            raise ValueError(f"crn floor_s must be 0 (off) or a time in seconds, got {floor_s}")
         if bands and (bands < 33 or (bands - 1) % 16):  # four halvings, then the decoder's 2F - 1
             raise ValueError(f"crn bands must be 0 (all {dsp.N_BINS} bins) or 16k + 1 ≥ 33, e.g. 129; got {bands}")
-        super().__init__(widths=widths, hidden=hidden, bands=bands, mean_norm_s=mean_norm_s, lookahead=lookahead)
-        # Per-frame decay of the running mean: a time constant of mean_norm_s.
+        super().__init__(widths=widths, hidden=hidden, bands=bands, mean_norm_s=mean_norm_s, lookahead=lookahead,
+                         floor_s=floor_s)
+        # Per-frame decays of the running mean and of the noise floor's weights.
         self.decay = math.exp(-dsp.HOP / dsp.SAMPLE_RATE / mean_norm_s) if mean_norm_s else 0.0
+        self.floor_decay = math.exp(-dsp.HOP / dsp.SAMPLE_RATE / floor_s) if floor_s else 0.0
         if bands:  # fixed, rebuilt from the config: not saved with the weights
             to_bins = torch.tensor(dsp.band_matrix(bands), dtype=torch.float32)
             self.register_buffer("to_bins", to_bins, persistent=False)
             self.register_buffer("to_bands", (to_bins / to_bins.sum(0)).T.contiguous(), persistent=False)
-        chans = [2 if mean_norm_s else 1, *widths]
+        chans = [1 + bool(mean_norm_s) + bool(floor_s), *widths]
         self.encoder = nn.ModuleList(_CausalDown(a, b) for a, b in zip(chans[:-1], chans[1:], strict=True))
         bottleneck = widths[-1] * (((bands or dsp.N_BINS) - 1) // 16 + 1)  # 257 → 17 bins, 129 → 9
         self.rnn = nn.GRU(bottleneck, hidden, batch_first=True)
@@ -300,12 +315,18 @@ class CRN(MaskNet):
 
     def stream(self, noisy_mag: torch.Tensor, state: object | None) -> tuple[torch.Tensor, object]:
         """One mask per input frame, ``lookahead`` frames late (see the class docstring)."""
-        caches, hidden, mean = state if state is not None else ([None] * len(self.encoder), None, None)
+        caches, hidden, mean, floor = state if state is not None else ([None] * len(self.encoder), None, None, None)
         bands = self._config["bands"]
         x = self.features(self.to_bands @ noisy_mag if bands else noisy_mag)
+        channels = [x]
         if self.decay:
             mean = running_mean(x, x.new_zeros(*x.shape[:3], 1) if mean is None else mean, self.decay)
-            x, mean = torch.cat([x, x - mean], dim=1), mean[..., -1:]
+            channels.append(x - mean)
+            mean = mean[..., -1:]
+        if self.floor_decay:
+            level, floor = noise_floor(x, floor, self.floor_decay)
+            channels.append(x - level)
+        x = torch.cat(channels, dim=1) if len(channels) > 1 else x
         skips, new_caches = [], []
         for layer, cache in zip(self.encoder, caches, strict=True):
             x, cache = layer(x, cache)
@@ -315,15 +336,17 @@ class CRN(MaskNet):
         seq, hidden = self.rnn(x.reshape(b, c * f, t).transpose(1, 2), hidden)
         x = self.project(seq).transpose(1, 2).reshape(b, c, f, t)
         mask = self.decoder(x, skips)
-        return (self.to_bins @ mask if bands else mask), (new_caches, hidden, mean)
+        return (self.to_bins @ mask if bands else mask), (new_caches, hidden, mean, floor)
 
     def flat_state(self, state: object) -> list[torch.Tensor]:
-        caches, hidden, mean = state
-        return [*caches, hidden, *([mean] if self.decay else [])]
+        caches, hidden, mean, floor = state
+        return [*caches, hidden, *([mean] if self.decay else []), *(floor if self.floor_decay else [])]
 
     def unflat_state(self, tensors: list[torch.Tensor]) -> object:
         n = len(self.encoder)
-        return list(tensors[:n]), tensors[n], (tensors[n + 1] if self.decay else None)
+        rest = list(tensors[n + 1:])
+        mean = rest.pop(0) if self.decay else None
+        return list(tensors[:n]), tensors[n], mean, (rest if self.floor_decay else None)
 
 
 def stream_whole(stream, noisy_mag: torch.Tensor, lookahead: int) -> torch.Tensor:  # noqa: ANN001
@@ -355,6 +378,20 @@ def running_mean(x: torch.Tensor, start: torch.Tensor, decay: float, block: int 
     return (within + starts[..., None] * carry).flatten(-2)[..., :frames]
 
 
+def noise_floor(x: torch.Tensor, state: list[torch.Tensor] | None, decay: float,
+                softness: float = FLOOR_SOFTNESS) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Causal soft minimum of ``x`` [batch, 1, bins, frames] over its past, older frames
+    weighted ``decay`` per frame: floor_t = -softness · log(Σ_k w_k exp(-x_k / softness) / Σ_k w_k),
+    w_k = decay^(t - k). Both sums are running means (:func:`running_mean`), so the floor costs
+    two matrix products, streams with the two sums as its state (zeros at the start) and
+    starts at the first frame itself. Returns the floor of each frame and the state after
+    the last."""
+    sums, weights = state if state is not None else (x.new_zeros(*x.shape[:3], 1), x.new_zeros(x.shape[0], 1, 1, 1))
+    sums = running_mean(torch.exp((-x / softness).clamp(max=FLOOR_MAX_EXP)), sums, decay)
+    weights = running_mean(torch.ones_like(x[:, :, :1]), weights, decay)
+    return -softness * torch.log(sums / weights), [sums[..., -1:], weights[..., -1:]]
+
+
 def _decay_matrix(steps: torch.Tensor, decay: float) -> torch.Tensor:
     """[k, t] = decay^(t - k) where t ≥ k, else 0: a causal exponential filter as a matrix."""
     lag = steps[None, :] - steps[:, None]
@@ -367,11 +404,12 @@ class BandCRN(CRN):
     a wider GRU for a fifth fewer MACs than ``crn``, and a gain that is smooth above 2 kHz."""
 
     name = "crn_erb"
-    DEFAULTS = {"widths": list(CRN.DEFAULT_WIDTHS), "hidden": 256, "bands": 129, "mean_norm_s": 0.0, "lookahead": 0}
+    DEFAULTS = {"widths": list(CRN.DEFAULT_WIDTHS), "hidden": 256, "bands": 129, "mean_norm_s": 0.0, "lookahead": 0,
+                "floor_s": 0.0}
 
     def __init__(self, widths: tuple[int, ...] | list[int] = CRN.DEFAULT_WIDTHS, hidden: int = 256,
-                 bands: int = 129, mean_norm_s: float = 0.0, lookahead: int = 0):
-        super().__init__(widths, hidden, bands, mean_norm_s, lookahead)
+                 bands: int = 129, mean_norm_s: float = 0.0, lookahead: int = 0, floor_s: float = 0.0):
+        super().__init__(widths, hidden, bands, mean_norm_s, lookahead, floor_s)
 
 
 def _architecture(arch: str) -> type[MaskNet]:

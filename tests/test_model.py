@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from speech_enhance.model import MaskCNN, build_model, load_model, save_model
-from speech_enhance.model.net import ARCHITECTURES, complexity, running_mean
+from speech_enhance.model.net import ARCHITECTURES, complexity, noise_floor, running_mean
 from speech_enhance.model.train import early_stopping_update
 
 
@@ -97,13 +97,16 @@ def test_declared_context_is_what_the_network_sees(arch, options):
     assert frames[-1] == (199 if math.isinf(model.past_frames) else 100 + model.past_frames)
 
 
-@pytest.mark.parametrize(("mean_norm_s", "lookahead"), [(0.0, 0), (0.5, 0), (0.5, 3)])
-def test_the_crn_streams_chunk_by_chunk_as_it_runs_whole(mean_norm_s, lookahead):
+@pytest.mark.parametrize(("mean_norm_s", "lookahead", "floor_s"), [(0.0, 0, 0.0), (0.5, 0, 0.0), (0.5, 3, 0.0),
+                                                                   (0.0, 0, 1.0), (0.5, 2, 1.0)])
+def test_the_crn_streams_chunk_by_chunk_as_it_runs_whole(mean_norm_s, lookahead, floor_s):
     """Streamed in 7-frame pieces, then flushed with ``lookahead`` silent frames, the masks
     come ``lookahead`` frames late and equal the whole-input call."""
     torch.manual_seed(0)
-    model = build_model("crn", [8, 8, 8, 8], hidden=16, mean_norm_s=mean_norm_s, lookahead=lookahead).eval()
-    assert len(model.zero_state()) == 5 + bool(mean_norm_s)  # the running mean rides in the state
+    model = build_model("crn", [8, 8, 8, 8], hidden=16, mean_norm_s=mean_norm_s, lookahead=lookahead,
+                        floor_s=floor_s).eval()
+    # The running mean, and the noise floor's two sums, ride in the state.
+    assert len(model.zero_state()) == 5 + bool(mean_norm_s) + 2 * bool(floor_s)
     x = torch.rand(2, 1, 257, 150)  # whole: three blocks of the running mean
     with torch.no_grad():
         whole, state, parts = model(x), None, []
@@ -138,6 +141,24 @@ def test_running_mean_is_the_exponential_average_from_its_start():
     torch.testing.assert_close(running_mean(x, start, 0.9), torch.stack(expected, -1))
     with pytest.raises(ValueError, match="mean_norm_s"):
         build_model("crn", mean_norm_s=-1)
+
+
+def test_noise_floor_is_a_soft_minimum_that_stays_under_speech():
+    # decay 0.5, softness 1, x = 0 then 2: the first frame is its own floor; then
+    # -log((0.5·e^0 + 1·e^-2) / (0.5 + 1)) = 0.8590, below the running mean's 1.0.
+    floor, (sums, weights) = noise_floor(torch.tensor([0.0, 2.0]).reshape(1, 1, 1, 2), None, 0.5, softness=1.0)
+    torch.testing.assert_close(floor.flatten(), torch.tensor([0.0, 0.8590]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(weights.flatten(), torch.tensor([0.75]))
+    # Steady noise at -1 for 2 s, then 160 ms of speech 3 units above it: the floor stays
+    # within 0.2 of the noise while a running mean of the same time constant rises by 0.44.
+    decay = math.exp(-1 / 125)  # 1 s
+    x = torch.cat([torch.full((250,), -1.0), torch.full((20,), 2.0)]).reshape(1, 1, 1, -1)
+    floor, _ = noise_floor(x, None, decay)
+    torch.testing.assert_close(floor[..., :250], x[..., :250])
+    assert floor[..., -1].item() < -0.8
+    assert running_mean(x, torch.full((1, 1, 1, 1), -1.0), decay)[..., -1].item() > -0.6
+    with pytest.raises(ValueError, match="floor_s"):
+        build_model("crn", floor_s=float("nan"))
 
 
 def test_default_architectures_fit_the_budget():
