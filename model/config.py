@@ -35,6 +35,9 @@ class TrainConfig:
     loss_options: dict | None = None  # the loss's weights changed from their defaults, e.g. {"sisdr_weight": 0.003}
     step_size: int | None = None  # StepLR step in epochs; None: StepLR off
     gamma: float = 0.5  # StepLR decay factor
+    # Per-step decay of an exponential moving average of the weights (0: off); validation,
+    # checkpoint choice and the saved model then use the average.
+    ema: float = 0.0
     workers: int = 1  # data-parallel workers
     gpu: str = "auto"  # auto | yes | no
     cpus_per_worker: float | None = None  # None: leave a CPU unreserved on small machines
@@ -66,6 +69,7 @@ class TrainConfig:
              f"a multiple of --sequence ({self.sequence})"),
             ("--step-size", self.step_size, self.step_size is None or self.step_size >= 1, "at least 1"),
             ("--gamma", self.gamma, 0 < self.gamma <= 1, "in (0, 1]"),
+            ("--ema", self.ema, 0 <= self.ema < 1, "in [0, 1) (0: off)"),
             ("--workers", self.workers, self.workers >= 1, "at least 1"),
             ("--gpu", self.gpu, self.gpu in ("auto", "yes", "no"), "auto, yes or no"),
             ("--cpus-per-worker", self.cpus_per_worker, self.cpus_per_worker is None or self.cpus_per_worker >= 0,

@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 from ray.train.torch import TorchTrainer
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from speech_enhance.model.config import TrainConfig
 from speech_enhance.model.data import (
@@ -97,11 +98,12 @@ DEADLINE_CHECK_STEPS = 8  # steps between deadline checks (each is an all-reduce
 
 def _run_epoch(model, batches, device, optimizer=None, amp=False,  # noqa: ANN001
                loss_fn: Loss = LOSSES["mag_l1"], deadline: float | None = None,
-               uneven: bool = False) -> tuple[float, float]:
+               uneven: bool = False, ema: AveragedModel | None = None) -> tuple[float, float]:
     """One pass; returns (sum over batches of loss × patches, patches): the epoch's loss
     is the first over the second. Training stops early once past ``deadline``. ``uneven``:
     the ranks may hold different numbers of batches (joined sequences), so every step asks
-    whether all still have one and all stop with the first that runs out, as DDP needs."""
+    whether all still have one and all stop with the first that runs out, as DDP needs.
+    ``ema``: the weights' moving average, updated after every step."""
     training = optimizer is not None
     model.train(training)
     loss_sum, patches = 0.0, 0.0
@@ -120,10 +122,21 @@ def _run_epoch(model, batches, device, optimizer=None, amp=False,  # noqa: ANN00
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if ema is not None:
+                ema.update_parameters(getattr(model, "module", model))
         count = clean.shape[0] * clean.shape[-1] / PATCH_FRAMES  # a joined sequence counts its patches
         loss_sum += loss.item() * count
         patches += count
     return loss_sum, patches
+
+
+def ema_model(model: nn.Module, decay: float) -> AveragedModel | None:
+    """An exponential moving average of ``model``'s weights and BatchNorm statistics
+    (``decay`` per step; None when 0). Late weights of a small-data run wander between
+    minima of the training noises; their average generalises better (Polyak averaging)."""
+    if not decay:
+        return None
+    return AveragedModel(getattr(model, "module", model), multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def _maybe_inject_fault(config: dict, epoch: int, rank: int) -> None:
@@ -146,6 +159,7 @@ def train_loop_per_worker(config: dict) -> None:
         build_model(config["arch"], config["widths"], **(config.get("model_options") or {})))
     loss_fn = get_loss(config["loss"], **(config.get("loss_options") or {}))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
+    ema = ema_model(model, config.get("ema", 0.0))
     scheduler = (
         torch.optim.lr_scheduler.StepLR(optimizer, config["step_size"], config["gamma"])
         if config.get("step_size") else None
@@ -160,6 +174,9 @@ def train_loop_per_worker(config: dict) -> None:
         optimizer.load_state_dict(saved["optimizer"])
         if scheduler and saved.get("scheduler"):
             scheduler.load_state_dict(saved["scheduler"])
+        if ema is not None and saved.get("ema"):
+            ema.module.load_state_dict(saved["ema"])
+            ema.n_averaged.fill_(saved["ema_steps"])
         state = saved["train_state"]
     if state["stopped"] or state["epoch"] >= config["epochs"]:
         return  # a finished run: nothing left to do
@@ -186,7 +203,7 @@ def train_loop_per_worker(config: dict) -> None:
         train_batches = patch_batches(train_tables, config["batch_size"] // sequence,
                                       config["shuffle_buffer"] // sequence, seed=config["seed"] + epoch,
                                       sequence=sequence)
-        train_sums = _run_epoch(model, train_batches, device, optimizer, amp, loss_fn, deadline, sequence > 1)
+        train_sums = _run_epoch(model, train_batches, device, optimizer, amp, loss_fn, deadline, sequence > 1, ema)
         train_seconds = time.time() - started
         state["train_seconds"] = state.get("train_seconds", 0.0) + train_seconds
         # Every rank stopped at the same step, so this is the same on all of them.
@@ -194,7 +211,8 @@ def train_loop_per_worker(config: dict) -> None:
         val_tables = prefetched(shard_tables(pieces["val"], names, rank, world))
         val_batches = patch_batches(val_tables, max(64, config["batch_size"]) // sequence, sequence=sequence)
         with torch.no_grad():
-            val_sums = _run_epoch(model, val_batches, device, amp=amp, loss_fn=loss_fn, uneven=sequence > 1)
+            val_sums = _run_epoch(ema.module if ema is not None else model, val_batches, device, amp=amp,
+                                  loss_fn=loss_fn, uneven=sequence > 1)
         t_loss, t_patches, v_loss, v_patches = _all_reduce_sum([*train_sums, *val_sums], device)
         seconds = time.time() - started
         lr = optimizer.param_groups[0]["lr"]
@@ -221,7 +239,10 @@ def train_loop_per_worker(config: dict) -> None:
                 torch.save(
                     {"model": getattr(model, "module", model).state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict() if scheduler else None, "train_state": state,
-                     "model_config": model_config(model)},
+                     "model_config": model_config(model),
+                     # The averaged weights: validated above, and what the model file gets.
+                     "ema": ema.module.state_dict() if ema is not None else None,
+                     "ema_steps": int(ema.n_averaged) if ema is not None else 0},
                     Path(tmp) / "state.pt",
                 )
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
@@ -391,7 +412,7 @@ def save_checkpoint_model(state: dict, dest: str, data_dir: str | None = None) -
     ``data_dir``, its default strength (:func:`save_with_default_strength`). Returns
     the model and the strength choice (None if none was made)."""
     model = build_model(**state["model_config"])
-    model.load_state_dict(state["model"])
+    model.load_state_dict(state.get("ema") or state["model"])  # a run with --ema saves the average
     last = state["train_state"]["history"][-1]
     choice = save_with_default_strength(model, dest, data_dir, epoch=int(last["epoch"]),
                                         val_loss=float(last["val_loss"]))

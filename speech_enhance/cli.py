@@ -337,6 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
                                               "(repeatable; model/losses.py lists them)")
     _option(p, "--step-size", TrainConfig, "step_size", "StepLR step in epochs", default_text="StepLR off", type=int)
     _option(p, "--gamma", TrainConfig, "gamma", "StepLR decay factor", type=float)
+    _option(p, "--ema", TrainConfig, "ema", "per-step decay of a moving average of the weights, which validation "
+            "and the saved model use (e.g. 0.999)", default_text="off", type=float)
     _option(p, "--workers", TrainConfig, "workers", "data-parallel workers", type=int)
     _option(p, "--gpu", TrainConfig, "gpu", "use GPUs", choices=["auto", "yes", "no"])
     _option(p, "--cpus-per-worker", TrainConfig, "cpus_per_worker", "CPUs reserved per worker",

@@ -23,6 +23,7 @@ def _one_line_error(capsys, *words: str) -> str:
     (["--epochs", "0"], ["--epochs"]),
     (["--arch", "unet", "--widths", "8,8"], ["--widths", "unet"]),
     (["--gamma", "2"], ["--gamma"]),
+    (["--ema", "1"], ["--ema", "[0, 1)"]),
     (["--sequence", "3"], ["--batch-size", "multiple of --sequence"]),  # batch 16 of 3-patch examples
     (["--loss", "cmag_mse", "--loss-option", "sisdr_weight=0.01"], ["--loss-option", "sisdr_weight", "none"]),
     (["--loss", "cmag_asym_sisdr", "--loss-option", "sisdr_weight=-1"], ["--loss-option", "non-negative"]),

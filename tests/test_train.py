@@ -46,7 +46,7 @@ def test_two_workers_train_survive_a_killed_worker_and_write_outputs(tiny_datase
 
 def test_interrupted_run_resumes_at_next_epoch_with_optimizer_state(tiny_dataset, tmp_path):
     run = tmp_path / "run"
-    cfg = TrainConfig(data=str(tiny_dataset), out=str(run), epochs=3, workers=1, batch_size=4,
+    cfg = TrainConfig(data=str(tiny_dataset), out=str(run), epochs=3, workers=1, batch_size=4, ema=0.9,
                       fault_injection={"epoch": 2, "rank": 0, "marker": str(tmp_path / "m"), "max_failures": 0})
     with pytest.raises(TrainError, match="training failed"):
         train(cfg, log=lambda *_: None)  # dies during epoch 2: only epoch 1 is checkpointed
@@ -63,9 +63,38 @@ def test_interrupted_run_resumes_at_next_epoch_with_optimizer_state(tiny_dataset
     steps_per_epoch = rows[1]["adam_steps_at_start"] - steps_after_epoch_1["adam_steps_at_start"]
     assert rows[1]["adam_steps_at_start"] > 0 and steps_per_epoch > 0
     assert rows[2]["adam_steps_at_start"] - rows[1]["adam_steps_at_start"] == steps_per_epoch
+    # the weights' moving average went on from its checkpoint too: one update per step
+    states = [torch.load(p / "state.pt", weights_only=True)
+              for p in (run / "ray").glob("checkpoint_*") if p.is_dir()]
+    final = max(states, key=lambda st: len(st["train_state"]["history"]))
+    assert final["ema_steps"] == rows[2]["adam_steps_at_start"] + steps_per_epoch
+    # the model file holds the average of its checkpoint, not the last weights
+    model, meta = load_model(run / BEST_MODEL)
+    best = next(st for st in states if st["train_state"]["history"][-1]["val_loss"] == meta["val_loss"])
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, best["ema"][name])
+    assert any(not torch.equal(best["ema"][k], best["model"][k]) for k in best["model"])
     # a different model config in the same folder is refused
     with pytest.raises(TrainError, match="different config"):
         train(TrainConfig(data=str(tiny_dataset), out=str(run), widths=[8, 8, 8, 8]), log=lambda *_: None)
+
+
+def test_ema_model_averages_the_weights_and_batchnorm_statistics():
+    from speech_enhance.model import build_model
+    from speech_enhance.model.train import ema_model
+
+    assert ema_model(build_model("crn"), 0.0) is None
+    model = build_model("crn", [8, 8, 8, 8], hidden=16)
+    ema = ema_model(model, 0.5)
+    start = model.rnn.weight_hh_l0.detach().clone()
+    ema.update_parameters(model)  # the first update copies
+    with torch.no_grad():
+        model.rnn.weight_hh_l0.add_(1.0)
+    model.train()
+    model(torch.rand(2, 1, 257, 10))  # moves the input norm's running mean from 0
+    ema.update_parameters(model)
+    torch.testing.assert_close(ema.module.rnn.weight_hh_l0, start + 0.5)
+    torch.testing.assert_close(ema.module.input_norm.running_mean, model.input_norm.running_mean / 2)
 
 
 @pytest.mark.parametrize("arch, loss, limit", [("unet", "cmag_mse", ["--workers", "2", "--sequence", "2"]),
