@@ -132,8 +132,8 @@ def _run_epoch(model, batches, device, optimizer=None, amp=False,  # noqa: ANN00
 
 def ema_model(model: nn.Module, decay: float) -> AveragedModel | None:
     """An exponential moving average of ``model``'s weights and BatchNorm statistics
-    (``decay`` per step; None when 0). Late weights of a small-data run wander between
-    minima of the training noises; their average generalises better (Polyak averaging)."""
+    (``decay`` per step; None when 0): Polyak averaging, which smooths out the step-to-step
+    noise of the late weights; it lags early in a run, so it suits runs of many epochs."""
     if not decay:
         return None
     return AveragedModel(getattr(model, "module", model), multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
