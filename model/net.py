@@ -272,25 +272,21 @@ class CRN(MaskNet):
 
     def __init__(self, widths: tuple[int, ...] | list[int] = DEFAULT_WIDTHS, hidden: int = 192, bands: int = 0,
                  mean_norm_s: float = 0.0, lookahead: int = 0, floor_s: float = 0.0):
-        widths, hidden, bands, mean_norm_s = _positive("crn", widths, 4), int(hidden), int(bands), float(mean_norm_s)
-        floor_s = float(floor_s)
+        widths, hidden, bands = _positive("crn", widths, 4), int(hidden), int(bands)
+        mean_norm_s, floor_s = float(mean_norm_s), float(floor_s)
         if hidden < 1:
             raise ValueError(f"crn hidden size must be positive, got {hidden}")
         if (isinstance(lookahead, bool) or not isinstance(lookahead, (int, float)) or lookahead != int(lookahead)
                 or not 0 <= lookahead <= MAX_LOOKAHEAD):
             raise ValueError(f"crn lookahead must be a whole number of frames from 0 to {MAX_LOOKAHEAD}, got {lookahead}")
         lookahead = int(lookahead)
-        if not (math.isfinite(mean_norm_s) and mean_norm_s >= 0):
-            raise ValueError(f"crn mean_norm_s must be 0 (off) or a time in seconds, got {mean_norm_s}")
-        if not (math.isfinite(floor_s) and floor_s >= 0):
-            raise ValueError(f"crn floor_s must be 0 (off) or a time in seconds, got {floor_s}")
+        # Per-frame decays of the running mean and of the noise floor's weights.
+        decay, floor_decay = _frame_decay("mean_norm_s", mean_norm_s), _frame_decay("floor_s", floor_s)
         if bands and (bands < 33 or (bands - 1) % 16):  # four halvings, then the decoder's 2F - 1
             raise ValueError(f"crn bands must be 0 (all {dsp.N_BINS} bins) or 16k + 1 ≥ 33, e.g. 129; got {bands}")
         super().__init__(widths=widths, hidden=hidden, bands=bands, mean_norm_s=mean_norm_s, lookahead=lookahead,
                          floor_s=floor_s)
-        # Per-frame decays of the running mean and of the noise floor's weights.
-        self.decay = math.exp(-dsp.HOP / dsp.SAMPLE_RATE / mean_norm_s) if mean_norm_s else 0.0
-        self.floor_decay = math.exp(-dsp.HOP / dsp.SAMPLE_RATE / floor_s) if floor_s else 0.0
+        self.decay, self.floor_decay = decay, floor_decay
         if bands:  # fixed, rebuilt from the config: not saved with the weights
             to_bins = torch.tensor(dsp.band_matrix(bands), dtype=torch.float32)
             self.register_buffer("to_bins", to_bins, persistent=False)
@@ -347,6 +343,14 @@ class CRN(MaskNet):
         rest = list(tensors[n + 1:])
         mean = rest.pop(0) if self.decay else None
         return list(tensors[:n]), tensors[n], mean, (rest if self.floor_decay else None)
+
+
+def _frame_decay(option: str, seconds: float) -> float:
+    """Per-frame decay of an exponential average with a time constant of ``seconds``
+    (0: off, decay 0); ValueError naming the CRN ``option`` for a negative or non-finite time."""
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise ValueError(f"crn {option} must be 0 (off) or a time in seconds, got {seconds}")
+    return math.exp(-dsp.HOP / dsp.SAMPLE_RATE / seconds) if seconds else 0.0
 
 
 def stream_whole(stream, noisy_mag: torch.Tensor, lookahead: int) -> torch.Tensor:  # noqa: ANN001
