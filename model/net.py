@@ -32,6 +32,7 @@ LOG_EPS = 1e-3
 MAX_LOOKAHEAD = 16  # frames (128 ms): past that, a network meant to stream should run whole
 FLOOR_SOFTNESS = 0.25  # floor_s: temperature of the soft minimum, in units of the normalised features
 FLOOR_MAX_EXP = 60.0  # floor_s: exp(-x / softness) is clamped below float32's range
+PITCH_QUEFRENCIES = (40, 257)  # cepstrum: lags in samples whose peaks are pitches of 400 to 62.5 Hz
 ARCHITECTURES: dict[str, type[MaskNet]] = {}
 
 
@@ -79,8 +80,12 @@ class MaskNet(nn.Module):
 
     def zero_state(self, batch: int = 1) -> list[torch.Tensor]:
         """The flat state at the start of a stream (all zeros), which ``stream(x, None)`` uses."""
-        with torch.no_grad():
-            _, state = self.stream(torch.ones(batch, 1, dsp.N_BINS, 1), None)
+        was_training = self.training
+        try:  # eval: the probe frame must not move BatchNorm's running statistics
+            with torch.no_grad():
+                _, state = self.eval().stream(torch.ones(batch, 1, dsp.N_BINS, 1), None)
+        finally:
+            self.train(was_training)
         return [torch.zeros_like(t) for t in self.flat_state(state)]
 
 
@@ -256,6 +261,12 @@ class CRN(MaskNet):
     as well as noise; the floor stays under speech, so the channel reads as an a
     posteriori SNR whatever the noise (noise-aware training, Seltzer et al., 2013).
 
+    ``cepstrum`` 1 gives the GRU the noisy frame's cepstrum at the lags of voice pitch
+    (62.5-400 Hz; :func:`cepstrum_matrix`) beside the bottleneck. Voiced speech is a comb
+    of harmonics, which the strided encoder blurs away by its second layer; the cepstrum
+    peaks at the pitch period whatever the noise's spectrum, the periodicity cue RNNoise
+    takes from its pitch filter. It is frame-wise and needs no state.
+
     ``lookahead`` > 0 lets each mask see that many later frames (8 ms each), as
     DeepFilterNet's look-ahead does: the network runs as before, and its output is taken
     ``lookahead`` frames late, so a stream's masks lag its input by that much (the first
@@ -267,11 +278,11 @@ class CRN(MaskNet):
     # Narrow first layers: they run at 129 and 65 bins, where most of the time goes.
     DEFAULT_WIDTHS = (8, 16, 32, 32)
     DEFAULTS = {"widths": list(DEFAULT_WIDTHS), "hidden": 192, "bands": 0, "mean_norm_s": 0.0, "lookahead": 0,
-                "floor_s": 0.0}
+                "floor_s": 0.0, "cepstrum": 0}
     past_frames = math.inf
 
     def __init__(self, widths: tuple[int, ...] | list[int] = DEFAULT_WIDTHS, hidden: int = 192, bands: int = 0,
-                 mean_norm_s: float = 0.0, lookahead: int = 0, floor_s: float = 0.0):
+                 mean_norm_s: float = 0.0, lookahead: int = 0, floor_s: float = 0.0, cepstrum: int = 0):
         widths, hidden, bands = _positive("crn", widths, 4), int(hidden), int(bands)
         mean_norm_s, floor_s = float(mean_norm_s), float(floor_s)
         if hidden < 1:
@@ -280,12 +291,15 @@ class CRN(MaskNet):
                 or not 0 <= lookahead <= MAX_LOOKAHEAD):
             raise ValueError(f"crn lookahead must be a whole number of frames from 0 to {MAX_LOOKAHEAD}, got {lookahead}")
         lookahead = int(lookahead)
+        if isinstance(cepstrum, bool) or cepstrum not in (0, 1):
+            raise ValueError(f"crn cepstrum must be 0 (off) or 1 (on), got {cepstrum!r}")
+        cepstrum = int(cepstrum)
         # Per-frame decays of the running mean and of the noise floor's weights.
         decay, floor_decay = _frame_decay("mean_norm_s", mean_norm_s), _frame_decay("floor_s", floor_s)
         if bands and (bands < 33 or (bands - 1) % 16):  # four halvings, then the decoder's 2F - 1
             raise ValueError(f"crn bands must be 0 (all {dsp.N_BINS} bins) or 16k + 1 ≥ 33, e.g. 129; got {bands}")
         super().__init__(widths=widths, hidden=hidden, bands=bands, mean_norm_s=mean_norm_s, lookahead=lookahead,
-                         floor_s=floor_s)
+                         floor_s=floor_s, cepstrum=cepstrum)
         self.decay, self.floor_decay = decay, floor_decay
         if bands:  # fixed, rebuilt from the config: not saved with the weights
             to_bins = torch.tensor(dsp.band_matrix(bands), dtype=torch.float32)
@@ -294,7 +308,13 @@ class CRN(MaskNet):
         chans = [1 + bool(mean_norm_s) + bool(floor_s), *widths]
         self.encoder = nn.ModuleList(_CausalDown(a, b) for a, b in zip(chans[:-1], chans[1:], strict=True))
         bottleneck = widths[-1] * (((bands or dsp.N_BINS) - 1) // 16 + 1)  # 257 → 17 bins, 129 → 9
-        self.rnn = nn.GRU(bottleneck, hidden, batch_first=True)
+        lags = 0
+        if cepstrum:
+            to_cepstrum = cepstrum_matrix(*PITCH_QUEFRENCIES)
+            self.register_buffer("to_cepstrum", to_cepstrum, persistent=False)
+            lags = to_cepstrum.shape[0]
+            self.cepstrum_norm = nn.BatchNorm1d(lags, affine=False)  # frame-wise at inference: no state
+        self.rnn = nn.GRU(bottleneck + lags, hidden, batch_first=True)
         self.project = nn.Linear(hidden, bottleneck)
         self.decoder = _Decoder(widths)
 
@@ -329,7 +349,10 @@ class CRN(MaskNet):
             skips.append(x)
             new_caches.append(cache)
         b, c, f, t = x.shape
-        seq, hidden = self.rnn(x.reshape(b, c * f, t).transpose(1, 2), hidden)
+        seq = x.reshape(b, c * f, t)
+        if self._config["cepstrum"]:
+            seq = torch.cat([seq, self.cepstrum_norm(self.to_cepstrum @ torch.log(noisy_mag[:, 0] + LOG_EPS))], dim=1)
+        seq, hidden = self.rnn(seq.transpose(1, 2), hidden)
         x = self.project(seq).transpose(1, 2).reshape(b, c, f, t)
         mask = self.decoder(x, skips)
         return (self.to_bins @ mask if bands else mask), (new_caches, hidden, mean, floor)
@@ -396,6 +419,20 @@ def noise_floor(x: torch.Tensor, state: list[torch.Tensor] | None, decay: float,
     return -softness * torch.log(sums / weights), [sums[..., -1:], weights[..., -1:]]
 
 
+def cepstrum_matrix(low: int, high: int) -> torch.Tensor:
+    """[high - low, 257]: the real cepstrum at lags ``low`` to ``high`` - 1 samples of a
+    frame's log magnitude over the 257 bins (the DCT-I: a cosine of period N_FFT / lag bins
+    per lag, the end bins weighted half so a constant maps to zero), scaled so unit-variance
+    bins give about unit-variance lags. A harmonic comb with spacing F0 peaks at the lag
+    16000 / F0."""
+    bins = torch.arange(dsp.N_BINS, dtype=torch.float64)
+    lags = torch.arange(low, high, dtype=torch.float64)
+    weight = torch.ones(dsp.N_BINS, dtype=torch.float64)
+    weight[[0, -1]] = 0.5
+    matrix = torch.cos(2 * math.pi * lags[:, None] * bins[None] / dsp.N_FFT) * weight
+    return (matrix * math.sqrt(2 / (dsp.N_BINS - 1))).float()
+
+
 def _decay_matrix(steps: torch.Tensor, decay: float) -> torch.Tensor:
     """[k, t] = decay^(t - k) where t ≥ k, else 0: a causal exponential filter as a matrix."""
     lag = steps[None, :] - steps[:, None]
@@ -409,11 +446,12 @@ class BandCRN(CRN):
 
     name = "crn_erb"
     DEFAULTS = {"widths": list(CRN.DEFAULT_WIDTHS), "hidden": 256, "bands": 129, "mean_norm_s": 0.0, "lookahead": 0,
-                "floor_s": 0.0}
+                "floor_s": 0.0, "cepstrum": 0}
 
     def __init__(self, widths: tuple[int, ...] | list[int] = CRN.DEFAULT_WIDTHS, hidden: int = 256,
-                 bands: int = 129, mean_norm_s: float = 0.0, lookahead: int = 0, floor_s: float = 0.0):
-        super().__init__(widths, hidden, bands, mean_norm_s, lookahead, floor_s)
+                 bands: int = 129, mean_norm_s: float = 0.0, lookahead: int = 0, floor_s: float = 0.0,
+                 cepstrum: int = 0):
+        super().__init__(widths, hidden, bands, mean_norm_s, lookahead, floor_s, cepstrum)
 
 
 def _architecture(arch: str) -> type[MaskNet]:
@@ -463,8 +501,8 @@ def complexity(model: nn.Module, seconds: float = 1.0) -> dict:
         elif isinstance(module, nn.GRU):
             steps = out.shape[0] * out.shape[1]
             macs[0] += steps * 3 * module.hidden_size * (module.input_size + module.hidden_size)
-    # A band network's fixed bins ↔ bands matrices, once each per frame.
-    macs[0] += sum(b.numel() for n, b in model.named_buffers() if n in ("to_bins", "to_bands")) * frames
+    # A band network's fixed bins ↔ bands matrices and the cepstrum's, once each per frame.
+    macs[0] += sum(b.numel() for n, b in model.named_buffers() if n in ("to_bins", "to_bands", "to_cepstrum")) * frames
 
     hooks = [m.register_forward_hook(count) for m in model.modules()
              if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.GRU))]

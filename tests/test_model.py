@@ -5,7 +5,14 @@ import torch
 from torch import nn
 
 from speech_enhance.model import MaskCNN, build_model, load_model, save_model
-from speech_enhance.model.net import ARCHITECTURES, complexity, noise_floor, running_mean
+from speech_enhance.model.net import (
+    ARCHITECTURES,
+    PITCH_QUEFRENCIES,
+    cepstrum_matrix,
+    complexity,
+    noise_floor,
+    running_mean,
+)
 from speech_enhance.model.train import early_stopping_update
 
 
@@ -97,14 +104,15 @@ def test_declared_context_is_what_the_network_sees(arch, options):
     assert frames[-1] == (199 if math.isinf(model.past_frames) else 100 + model.past_frames)
 
 
-@pytest.mark.parametrize(("mean_norm_s", "lookahead", "floor_s"), [(0.0, 0, 0.0), (0.5, 0, 0.0), (0.5, 3, 0.0),
-                                                                   (0.0, 0, 1.0), (0.5, 2, 1.0)])
-def test_the_crn_streams_chunk_by_chunk_as_it_runs_whole(mean_norm_s, lookahead, floor_s):
+@pytest.mark.parametrize(("mean_norm_s", "lookahead", "floor_s", "cepstrum"),
+                         [(0.0, 0, 0.0, 0), (0.5, 0, 0.0, 0), (0.5, 3, 0.0, 0), (0.0, 0, 1.0, 0), (0.5, 2, 1.0, 0),
+                          (0.5, 2, 0.0, 1)])
+def test_the_crn_streams_chunk_by_chunk_as_it_runs_whole(mean_norm_s, lookahead, floor_s, cepstrum):
     """Streamed in 7-frame pieces, then flushed with ``lookahead`` silent frames, the masks
     come ``lookahead`` frames late and equal the whole-input call."""
     torch.manual_seed(0)
     model = build_model("crn", [8, 8, 8, 8], hidden=16, mean_norm_s=mean_norm_s, lookahead=lookahead,
-                        floor_s=floor_s).eval()
+                        floor_s=floor_s, cepstrum=cepstrum).eval()
     # The running mean, and the noise floor's two sums, ride in the state.
     assert len(model.zero_state()) == 5 + bool(mean_norm_s) + 2 * bool(floor_s)
     x = torch.rand(2, 1, 257, 150)  # whole: three blocks of the running mean
@@ -159,6 +167,30 @@ def test_noise_floor_is_a_soft_minimum_that_stays_under_speech():
     assert running_mean(x, torch.full((1, 1, 1, 1), -1.0), decay)[..., -1].item() > -0.6
     with pytest.raises(ValueError, match="floor_s"):
         build_model("crn", floor_s=float("nan"))
+
+
+def test_the_cepstrum_peaks_at_the_pitch_period_of_a_harmonic_comb():
+    matrix = cepstrum_matrix(*PITCH_QUEFRENCIES)
+    assert matrix.shape == (217, 257)
+    torch.testing.assert_close(matrix @ torch.full((257,), 3.0), torch.zeros(217), atol=1e-5, rtol=0)  # level: no lag
+    # A log spectrum rippling every 5.12 bins (harmonics of 160 Hz): at lag 100 samples,
+    # sqrt(2/256) · Σ_k w_k cos²(π k 100 / 256) = sqrt(2/256) · 128 = 8√2; near zero elsewhere.
+    comb = torch.cos(2 * math.pi * torch.arange(257) * 100 / 512)
+    lags = matrix @ comb
+    assert lags.argmax().item() + PITCH_QUEFRENCIES[0] == 100
+    torch.testing.assert_close(lags.max(), torch.tensor(8 * math.sqrt(2)), atol=1e-4, rtol=0)
+    assert lags.abs().sort().values[-2] < 0.2
+    for bad in (2, -1, 0.5, True, "yes"):
+        with pytest.raises(ValueError, match="cepstrum"):
+            build_model("crn", cepstrum=bad)
+
+
+def test_zero_state_leaves_a_training_network_as_it_was():
+    model = build_model("crn", [8, 8, 8, 8], hidden=16, cepstrum=1).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert len(model.zero_state()) == 5 and model.training
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, before[key], msg=key)
 
 
 def test_default_architectures_fit_the_budget():
