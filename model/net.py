@@ -267,6 +267,9 @@ class CRN(MaskNet):
     peaks at the pitch period whatever the noise's spectrum, the periodicity cue RNNoise
     takes from its pitch filter. It is frame-wise and needs no state.
 
+    ``layers`` stacks that many GRU layers (Tan & Wang's CRN and NSNet2 use two): the
+    second models time on the first's output rather than on the raw bottleneck.
+
     ``lookahead`` > 0 lets each mask see that many later frames (8 ms each), as
     DeepFilterNet's look-ahead does: the network runs as before, and its output is taken
     ``lookahead`` frames late, so a stream's masks lag its input by that much (the first
@@ -278,15 +281,19 @@ class CRN(MaskNet):
     # Narrow first layers: they run at 129 and 65 bins, where most of the time goes.
     DEFAULT_WIDTHS = (8, 16, 32, 32)
     DEFAULTS = {"widths": list(DEFAULT_WIDTHS), "hidden": 192, "bands": 0, "mean_norm_s": 0.0, "lookahead": 0,
-                "floor_s": 0.0, "cepstrum": 0}
+                "floor_s": 0.0, "cepstrum": 0, "layers": 1}
     past_frames = math.inf
 
     def __init__(self, widths: tuple[int, ...] | list[int] = DEFAULT_WIDTHS, hidden: int = 192, bands: int = 0,
-                 mean_norm_s: float = 0.0, lookahead: int = 0, floor_s: float = 0.0, cepstrum: int = 0):
+                 mean_norm_s: float = 0.0, lookahead: int = 0, floor_s: float = 0.0, cepstrum: int = 0,
+                 layers: int = 1):
         widths, hidden, bands = _positive("crn", widths, 4), int(hidden), int(bands)
         mean_norm_s, floor_s = float(mean_norm_s), float(floor_s)
         if hidden < 1:
             raise ValueError(f"crn hidden size must be positive, got {hidden}")
+        if isinstance(layers, bool) or not isinstance(layers, (int, float)) or layers != int(layers) or layers < 1:
+            raise ValueError(f"crn layers must be a whole number of GRU layers ≥ 1, got {layers!r}")
+        layers = int(layers)
         if (isinstance(lookahead, bool) or not isinstance(lookahead, (int, float)) or lookahead != int(lookahead)
                 or not 0 <= lookahead <= MAX_LOOKAHEAD):
             raise ValueError(f"crn lookahead must be a whole number of frames from 0 to {MAX_LOOKAHEAD}, got {lookahead}")
@@ -299,7 +306,7 @@ class CRN(MaskNet):
         if bands and (bands < 33 or (bands - 1) % 16):  # four halvings, then the decoder's 2F - 1
             raise ValueError(f"crn bands must be 0 (all {dsp.N_BINS} bins) or 16k + 1 ≥ 33, e.g. 129; got {bands}")
         super().__init__(widths=widths, hidden=hidden, bands=bands, mean_norm_s=mean_norm_s, lookahead=lookahead,
-                         floor_s=floor_s, cepstrum=cepstrum)
+                         floor_s=floor_s, cepstrum=cepstrum, layers=layers)
         self.decay, self.floor_decay = decay, floor_decay
         if bands:  # fixed, rebuilt from the config: not saved with the weights
             to_bins = torch.tensor(dsp.band_matrix(bands), dtype=torch.float32)
@@ -314,7 +321,7 @@ class CRN(MaskNet):
             self.register_buffer("to_cepstrum", to_cepstrum, persistent=False)
             lags = to_cepstrum.shape[0]
             self.cepstrum_norm = nn.BatchNorm1d(lags, affine=False)  # frame-wise at inference: no state
-        self.rnn = nn.GRU(bottleneck + lags, hidden, batch_first=True)
+        self.rnn = nn.GRU(bottleneck + lags, hidden, num_layers=layers, batch_first=True)
         self.project = nn.Linear(hidden, bottleneck)
         self.decoder = _Decoder(widths)
 
@@ -446,12 +453,12 @@ class BandCRN(CRN):
 
     name = "crn_erb"
     DEFAULTS = {"widths": list(CRN.DEFAULT_WIDTHS), "hidden": 256, "bands": 129, "mean_norm_s": 0.0, "lookahead": 0,
-                "floor_s": 0.0, "cepstrum": 0}
+                "floor_s": 0.0, "cepstrum": 0, "layers": 1}
 
     def __init__(self, widths: tuple[int, ...] | list[int] = CRN.DEFAULT_WIDTHS, hidden: int = 256,
                  bands: int = 129, mean_norm_s: float = 0.0, lookahead: int = 0, floor_s: float = 0.0,
-                 cepstrum: int = 0):
-        super().__init__(widths, hidden, bands, mean_norm_s, lookahead, floor_s, cepstrum)
+                 cepstrum: int = 0, layers: int = 1):
+        super().__init__(widths, hidden, bands, mean_norm_s, lookahead, floor_s, cepstrum, layers)
 
 
 def _architecture(arch: str) -> type[MaskNet]:
@@ -498,9 +505,9 @@ def complexity(model: nn.Module, seconds: float = 1.0) -> dict:
             macs[0] += out.numel() * math.prod(module.kernel_size) * module.in_channels // module.groups
         elif isinstance(module, nn.Linear):
             macs[0] += out.numel() * module.in_features
-        elif isinstance(module, nn.GRU):
-            steps = out.shape[0] * out.shape[1]
-            macs[0] += steps * 3 * module.hidden_size * (module.input_size + module.hidden_size)
+        elif isinstance(module, nn.GRU):  # layers after the first take the hidden state as input
+            steps, h = out.shape[0] * out.shape[1], module.hidden_size
+            macs[0] += steps * 3 * h * (module.input_size + h + (module.num_layers - 1) * 2 * h)
     # A band network's fixed bins ↔ bands matrices and the cepstrum's, once each per frame.
     macs[0] += sum(b.numel() for n, b in model.named_buffers() if n in ("to_bins", "to_bands", "to_cepstrum")) * frames
 

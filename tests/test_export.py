@@ -52,10 +52,12 @@ def test_onnx_runtime_matches_pytorch(arch, tmp_path):
     np.testing.assert_allclose(enhance_array(runtime, x, 0.9), enhance_array(net, x, 0.9), atol=1e-4)
 
 
-@pytest.mark.parametrize(("mean_norm_s", "lookahead", "floor_s", "cepstrum"),
-                         [(0.0, 0, 0.0, 0), (0.5, 0, 0.0, 0), (0.5, 2, 0.0, 0), (0.5, 0, 1.0, 0), (0.5, 0, 0.0, 1)])
-def test_streaming_network_streams_through_onnx_with_its_state(mean_norm_s, lookahead, floor_s, cepstrum):
-    net = _trained_like("crn", mean_norm_s=mean_norm_s, lookahead=lookahead, floor_s=floor_s, cepstrum=cepstrum)
+@pytest.mark.parametrize(("mean_norm_s", "lookahead", "floor_s", "cepstrum", "layers"),
+                         [(0.0, 0, 0.0, 0, 1), (0.5, 0, 0.0, 0, 1), (0.5, 2, 0.0, 0, 1), (0.5, 0, 1.0, 0, 1),
+                          (0.5, 0, 0.0, 1, 1), (0.5, 0, 0.0, 0, 2)])
+def test_streaming_network_streams_through_onnx_with_its_state(mean_norm_s, lookahead, floor_s, cepstrum, layers):
+    net = _trained_like("crn", mean_norm_s=mean_norm_s, lookahead=lookahead, floor_s=floor_s, cepstrum=cepstrum,
+                        layers=layers)
     runtime = OnnxNet(export_onnx(net, None))
     assert runtime.streamable
     assert len(runtime.meta["state_shapes"]) == 5 + bool(mean_norm_s) + 2 * bool(floor_s)

@@ -104,15 +104,15 @@ def test_declared_context_is_what_the_network_sees(arch, options):
     assert frames[-1] == (199 if math.isinf(model.past_frames) else 100 + model.past_frames)
 
 
-@pytest.mark.parametrize(("mean_norm_s", "lookahead", "floor_s", "cepstrum"),
-                         [(0.0, 0, 0.0, 0), (0.5, 0, 0.0, 0), (0.5, 3, 0.0, 0), (0.0, 0, 1.0, 0), (0.5, 2, 1.0, 0),
-                          (0.5, 2, 0.0, 1)])
-def test_the_crn_streams_chunk_by_chunk_as_it_runs_whole(mean_norm_s, lookahead, floor_s, cepstrum):
+@pytest.mark.parametrize(("mean_norm_s", "lookahead", "floor_s", "cepstrum", "layers"),
+                         [(0.0, 0, 0.0, 0, 1), (0.5, 0, 0.0, 0, 1), (0.5, 3, 0.0, 0, 1), (0.0, 0, 1.0, 0, 1),
+                          (0.5, 2, 1.0, 0, 1), (0.5, 2, 0.0, 1, 1), (0.5, 1, 0.0, 0, 2)])
+def test_the_crn_streams_chunk_by_chunk_as_it_runs_whole(mean_norm_s, lookahead, floor_s, cepstrum, layers):
     """Streamed in 7-frame pieces, then flushed with ``lookahead`` silent frames, the masks
     come ``lookahead`` frames late and equal the whole-input call."""
     torch.manual_seed(0)
     model = build_model("crn", [8, 8, 8, 8], hidden=16, mean_norm_s=mean_norm_s, lookahead=lookahead,
-                        floor_s=floor_s, cepstrum=cepstrum).eval()
+                        floor_s=floor_s, cepstrum=cepstrum, layers=layers).eval()
     # The running mean, and the noise floor's two sums, ride in the state.
     assert len(model.zero_state()) == 5 + bool(mean_norm_s) + 2 * bool(floor_s)
     x = torch.rand(2, 1, 257, 150)  # whole: three blocks of the running mean
@@ -183,6 +183,18 @@ def test_the_cepstrum_peaks_at_the_pitch_period_of_a_harmonic_comb():
     for bad in (2, -1, 0.5, True, "yes"):
         with pytest.raises(ValueError, match="cepstrum"):
             build_model("crn", cepstrum=bad)
+
+
+def test_crn_layers_stack_grus_and_are_counted():
+    one, two = (build_model("crn", [8, 8, 8, 8], hidden=16, layers=n) for n in (1, 2))
+    assert two.zero_state()[4].shape == (2, 1, 16)  # one hidden state per layer
+    # The second layer: 3 gates × (16 inputs + 16 recurrent + 2 biases) × 16 parameters,
+    # and 3 × 16 × (16 + 16) MACs on each of the 126 frames of a second.
+    assert complexity(two)["parameters"] - complexity(one)["parameters"] == 3 * 34 * 16
+    assert complexity(two)["macs_per_second"] - complexity(one)["macs_per_second"] == 126 * 3 * 16 * 32
+    for bad in (0, -1, 1.5, True, "two"):
+        with pytest.raises(ValueError, match="layers"):
+            build_model("crn", layers=bad)
 
 
 def test_zero_state_leaves_a_training_network_as_it_was():
