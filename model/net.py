@@ -291,16 +291,10 @@ class CRN(MaskNet):
         mean_norm_s, floor_s = float(mean_norm_s), float(floor_s)
         if hidden < 1:
             raise ValueError(f"crn hidden size must be positive, got {hidden}")
-        if isinstance(layers, bool) or not isinstance(layers, (int, float)) or layers != int(layers) or layers < 1:
-            raise ValueError(f"crn layers must be a whole number of GRU layers ≥ 1, got {layers!r}")
-        layers = int(layers)
-        if (isinstance(lookahead, bool) or not isinstance(lookahead, (int, float)) or lookahead != int(lookahead)
-                or not 0 <= lookahead <= MAX_LOOKAHEAD):
-            raise ValueError(f"crn lookahead must be a whole number of frames from 0 to {MAX_LOOKAHEAD}, got {lookahead}")
-        lookahead = int(lookahead)
-        if isinstance(cepstrum, bool) or cepstrum not in (0, 1):
-            raise ValueError(f"crn cepstrum must be 0 (off) or 1 (on), got {cepstrum!r}")
-        cepstrum = int(cepstrum)
+        layers = _whole("layers", layers, 1, math.inf, "a whole number of GRU layers ≥ 1")
+        lookahead = _whole("lookahead", lookahead, 0, MAX_LOOKAHEAD,
+                           f"a whole number of frames from 0 to {MAX_LOOKAHEAD}")
+        cepstrum = _whole("cepstrum", cepstrum, 0, 1, "0 (off) or 1 (on)")
         # Per-frame decays of the running mean and of the noise floor's weights.
         decay, floor_decay = _frame_decay("mean_norm_s", mean_norm_s), _frame_decay("floor_s", floor_s)
         if bands and (bands < 33 or (bands - 1) % 16):  # four halvings, then the decoder's 2F - 1
@@ -373,6 +367,15 @@ class CRN(MaskNet):
         rest = list(tensors[n + 1:])
         mean = rest.pop(0) if self.decay else None
         return list(tensors[:n]), tensors[n], mean, (rest if self.floor_decay else None)
+
+
+def _whole(option: str, value: object, low: float, high: float, what: str) -> int:
+    """``value`` as an int when it is a whole number from ``low`` to ``high`` (2.0 from JSON
+    too, but not a bool or a string); ValueError naming the CRN ``option`` otherwise."""
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or value != int(value) or not low <= value <= high):
+        raise ValueError(f"crn {option} must be {what}, got {value!r}")
+    return int(value)
 
 
 def _frame_decay(option: str, seconds: float) -> float:
