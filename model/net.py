@@ -143,15 +143,18 @@ class _FreqDown(nn.Sequential):
 class _FreqUp(nn.Module):
     """Doubles frequency (2F - 1 bins: 17 → 33 … → 257), frame by frame: a 3-bin conv makes
     two outputs per bin, interleaved (sub-pixel upsampling; a transposed conv costs twice
-    as much on CPU), then BN and ELU, or the sigmoid of the last layer."""
+    as much on CPU), then BN and ELU, or the sigmoid of the last layer. ``factor`` 1 keeps
+    the bins (the level of a full-resolution encoder layer)."""
 
-    def __init__(self, cin: int, cout: int, last: bool = False):
+    def __init__(self, cin: int, cout: int, last: bool = False, factor: int = 2):
         super().__init__()
-        self.cout = cout
-        self.conv = nn.Conv2d(cin, 2 * cout, (3, 1), padding=(1, 0))
+        self.cout, self.factor = cout, factor
+        self.conv = nn.Conv2d(cin, factor * cout, (3, 1), padding=(1, 0))
         self.post = nn.Sigmoid() if last else nn.Sequential(nn.BatchNorm2d(cout), nn.ELU())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.factor == 1:
+            return self.post(self.conv(x))
         b, _, f, t = x.shape
         y = self.conv(x).reshape(b, 2, self.cout, f, t).permute(0, 2, 3, 1, 4).reshape(b, self.cout, 2 * f, t)
         return self.post(y[:, :, : 2 * f - 1])
@@ -160,12 +163,14 @@ class _FreqUp(nn.Module):
 class _Decoder(nn.ModuleList):
     """The U-Net's and the CRN's decoder: one :class:`_FreqUp` per encoder level, widths in
     reverse down to the one-channel mask, each level's encoder output added as its skip
-    (additive skips: half the input channels of concatenated ones)."""
+    (additive skips: half the input channels of concatenated ones). ``factors[i]`` is how
+    much encoder level ``i`` divided frequency by (2, or 1 for a full-resolution layer)."""
 
-    def __init__(self, widths: list[int]):
+    def __init__(self, widths: list[int], factors: list[int] | None = None):
         outs = [*reversed(widths[:-1]), 1]
-        super().__init__(_FreqUp(c, o, last=(i == len(outs) - 1))
-                         for i, (c, o) in enumerate(zip(reversed(widths), outs, strict=True)))
+        factors = list(reversed(factors or [2] * len(widths)))
+        super().__init__(_FreqUp(c, o, last=(i == len(outs) - 1), factor=k)
+                         for i, (c, o, k) in enumerate(zip(reversed(widths), outs, factors, strict=True)))
 
     def forward(self, x: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
         for layer, skip in zip(self, reversed(skips), strict=True):
@@ -220,12 +225,12 @@ class UNet(MaskNet):
 
 
 class _CausalDown(nn.Module):
-    """Conv that halves frequency and looks at this frame and the one before (causal):
-    the previous frame comes from ``cache`` (zeros at the start of a stream)."""
+    """Conv that halves frequency (``stride`` 2; 1 keeps it) and looks at this frame and the
+    one before (causal): the previous frame comes from ``cache`` (zeros at the start of a stream)."""
 
-    def __init__(self, cin: int, cout: int):
+    def __init__(self, cin: int, cout: int, stride: int = 2):
         super().__init__()
-        self.conv = nn.Conv2d(cin, cout, (3, 2), stride=(2, 1), padding=(1, 0))
+        self.conv = nn.Conv2d(cin, cout, (3, 2), stride=(stride, 1), padding=(1, 0))
         self.post = nn.Sequential(nn.BatchNorm2d(cout), nn.ELU())
 
     def forward(self, x: torch.Tensor, cache: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -267,6 +272,13 @@ class CRN(MaskNet):
     peaks at the pitch period whatever the noise's spectrum, the periodicity cue RNNoise
     takes from its pitch filter. It is frame-wise and needs no state.
 
+    ``fullres`` > 0 puts a conv layer of that many channels before the encoder that keeps
+    all bins, with its own decoder level and skip, so the mask is drawn at the input's
+    resolution. Harmonics of voice pitch lie 3-13 bins apart; after the first halving a
+    low voice's comb is blurred, and only the first level's few channels can place the
+    mask between harmonics, where noise under voiced speech is removed (RNNoise does it with
+    its pitch filter).
+
     ``layers`` stacks that many GRU layers (Tan & Wang's CRN and NSNet2 use two): the
     second models time on the first's output rather than on the raw bottleneck.
 
@@ -281,12 +293,12 @@ class CRN(MaskNet):
     # Narrow first layers: they run at 129 and 65 bins, where most of the time goes.
     DEFAULT_WIDTHS = (8, 16, 32, 32)
     DEFAULTS = {"widths": list(DEFAULT_WIDTHS), "hidden": 192, "bands": 0, "mean_norm_s": 0.0, "lookahead": 0,
-                "floor_s": 0.0, "cepstrum": 0, "layers": 1}
+                "floor_s": 0.0, "cepstrum": 0, "layers": 1, "fullres": 0}
     past_frames = math.inf
 
     def __init__(self, widths: tuple[int, ...] | list[int] = DEFAULT_WIDTHS, hidden: int = 192, bands: int = 0,
                  mean_norm_s: float = 0.0, lookahead: int = 0, floor_s: float = 0.0, cepstrum: int = 0,
-                 layers: int = 1):
+                 layers: int = 1, fullres: int = 0):
         widths, hidden, bands = _positive("crn", widths, 4), int(hidden), int(bands)
         mean_norm_s, floor_s = float(mean_norm_s), float(floor_s)
         if hidden < 1:
@@ -295,19 +307,23 @@ class CRN(MaskNet):
         lookahead = _whole("lookahead", lookahead, 0, MAX_LOOKAHEAD,
                            f"a whole number of frames from 0 to {MAX_LOOKAHEAD}")
         cepstrum = _whole("cepstrum", cepstrum, 0, 1, "0 (off) or 1 (on)")
+        fullres = _whole("fullres", fullres, 0, math.inf, "a whole number of channels ≥ 0 (0: off)")
         # Per-frame decays of the running mean and of the noise floor's weights.
         decay, floor_decay = _frame_decay("mean_norm_s", mean_norm_s), _frame_decay("floor_s", floor_s)
         if bands and (bands < 33 or (bands - 1) % 16):  # four halvings, then the decoder's 2F - 1
             raise ValueError(f"crn bands must be 0 (all {dsp.N_BINS} bins) or 16k + 1 ≥ 33, e.g. 129; got {bands}")
         super().__init__(widths=widths, hidden=hidden, bands=bands, mean_norm_s=mean_norm_s, lookahead=lookahead,
-                         floor_s=floor_s, cepstrum=cepstrum, layers=layers)
+                         floor_s=floor_s, cepstrum=cepstrum, layers=layers, fullres=fullres)
         self.decay, self.floor_decay = decay, floor_decay
         if bands:  # fixed, rebuilt from the config: not saved with the weights
             to_bins = torch.tensor(dsp.band_matrix(bands), dtype=torch.float32)
             self.register_buffer("to_bins", to_bins, persistent=False)
             self.register_buffer("to_bands", (to_bins / to_bins.sum(0)).T.contiguous(), persistent=False)
-        chans = [1 + bool(mean_norm_s) + bool(floor_s), *widths]
-        self.encoder = nn.ModuleList(_CausalDown(a, b) for a, b in zip(chans[:-1], chans[1:], strict=True))
+        levels = [fullres, *widths] if fullres else widths
+        strides = [1, 2, 2, 2, 2] if fullres else [2, 2, 2, 2]
+        chans = [1 + bool(mean_norm_s) + bool(floor_s), *levels]
+        self.encoder = nn.ModuleList(_CausalDown(a, b, k) for a, b, k in zip(chans[:-1], chans[1:], strides,
+                                                                             strict=True))
         bottleneck = widths[-1] * (((bands or dsp.N_BINS) - 1) // 16 + 1)  # 257 → 17 bins, 129 → 9
         lags = 0
         if cepstrum:
@@ -317,7 +333,7 @@ class CRN(MaskNet):
             self.cepstrum_norm = nn.BatchNorm1d(lags, affine=False)  # frame-wise at inference: no state
         self.rnn = nn.GRU(bottleneck + lags, hidden, num_layers=layers, batch_first=True)
         self.project = nn.Linear(hidden, bottleneck)
-        self.decoder = _Decoder(widths)
+        self.decoder = _Decoder(levels, strides)
 
     @property
     def streamable(self) -> bool:
@@ -456,12 +472,12 @@ class BandCRN(CRN):
 
     name = "crn_erb"
     DEFAULTS = {"widths": list(CRN.DEFAULT_WIDTHS), "hidden": 256, "bands": 129, "mean_norm_s": 0.0, "lookahead": 0,
-                "floor_s": 0.0, "cepstrum": 0, "layers": 1}
+                "floor_s": 0.0, "cepstrum": 0, "layers": 1, "fullres": 0}
 
     def __init__(self, widths: tuple[int, ...] | list[int] = CRN.DEFAULT_WIDTHS, hidden: int = 256,
                  bands: int = 129, mean_norm_s: float = 0.0, lookahead: int = 0, floor_s: float = 0.0,
-                 cepstrum: int = 0, layers: int = 1):
-        super().__init__(widths, hidden, bands, mean_norm_s, lookahead, floor_s, cepstrum, layers)
+                 cepstrum: int = 0, layers: int = 1, fullres: int = 0):
+        super().__init__(widths, hidden, bands, mean_norm_s, lookahead, floor_s, cepstrum, layers, fullres)
 
 
 def _architecture(arch: str) -> type[MaskNet]:

@@ -104,17 +104,19 @@ def test_declared_context_is_what_the_network_sees(arch, options):
     assert frames[-1] == (199 if math.isinf(model.past_frames) else 100 + model.past_frames)
 
 
-@pytest.mark.parametrize(("mean_norm_s", "lookahead", "floor_s", "cepstrum", "layers"),
-                         [(0.0, 0, 0.0, 0, 1), (0.5, 0, 0.0, 0, 1), (0.5, 3, 0.0, 0, 1), (0.0, 0, 1.0, 0, 1),
-                          (0.5, 2, 1.0, 0, 1), (0.5, 2, 0.0, 1, 1), (0.5, 1, 0.0, 0, 2)])
-def test_the_crn_streams_chunk_by_chunk_as_it_runs_whole(mean_norm_s, lookahead, floor_s, cepstrum, layers):
+@pytest.mark.parametrize(("mean_norm_s", "lookahead", "floor_s", "cepstrum", "layers", "fullres"),
+                         [(0.0, 0, 0.0, 0, 1, 0), (0.5, 0, 0.0, 0, 1, 0), (0.5, 3, 0.0, 0, 1, 0),
+                          (0.0, 0, 1.0, 0, 1, 0), (0.5, 2, 1.0, 0, 1, 0), (0.5, 2, 0.0, 1, 1, 0),
+                          (0.5, 1, 0.0, 0, 2, 0), (0.5, 1, 0.0, 0, 1, 4)])
+def test_the_crn_streams_chunk_by_chunk_as_it_runs_whole(mean_norm_s, lookahead, floor_s, cepstrum, layers,
+                                                         fullres):
     """Streamed in 7-frame pieces, then flushed with ``lookahead`` silent frames, the masks
     come ``lookahead`` frames late and equal the whole-input call."""
     torch.manual_seed(0)
     model = build_model("crn", [8, 8, 8, 8], hidden=16, mean_norm_s=mean_norm_s, lookahead=lookahead,
-                        floor_s=floor_s, cepstrum=cepstrum, layers=layers).eval()
-    # The running mean, and the noise floor's two sums, ride in the state.
-    assert len(model.zero_state()) == 5 + bool(mean_norm_s) + 2 * bool(floor_s)
+                        floor_s=floor_s, cepstrum=cepstrum, layers=layers, fullres=fullres).eval()
+    # A full-resolution layer's last frame, the running mean, and the noise floor's two sums ride in the state.
+    assert len(model.zero_state()) == 5 + bool(fullres) + bool(mean_norm_s) + 2 * bool(floor_s)
     x = torch.rand(2, 1, 257, 150)  # whole: three blocks of the running mean
     with torch.no_grad():
         whole, state, parts = model(x), None, []
@@ -195,6 +197,21 @@ def test_crn_layers_stack_grus_and_are_counted():
     for bad in (0, -1, 1.5, True, "two"):
         with pytest.raises(ValueError, match="layers"):
             build_model("crn", layers=bad)
+
+
+def test_crn_fullres_adds_a_level_that_keeps_every_bin():
+    plain, full = (build_model("crn", [8, 8, 8, 8], hidden=16, mean_norm_s=0.5, fullres=n) for n in (0, 4))
+    assert full.encoder[0].conv.stride == (1, 1) and full.encoder[1].conv.stride == (2, 1)
+    x = torch.rand(1, 1, 257, 10)
+    assert full(x).shape == plain(x).shape == x.shape
+    # The new layer: conv 2 → 4 channels over 3 bins × 2 frames (+ bias) and BN (48 + 4 + 8);
+    # the first halving layer then takes 4 channels, not 2 (2 × 8 × 6 more weights); the old
+    # last level, conv 8 → 2 × 1 over 3 bins (48 + 2), now makes 2 × 4 channels (192 + 8)
+    # with BN (8), and a last conv 4 → 1 over 3 bins (12 + 1) draws the mask.
+    assert complexity(full)["parameters"] - complexity(plain)["parameters"] == 60 + 96 + 208 + 13 - 50
+    for bad in (-1, 1.5, True, "eight"):
+        with pytest.raises(ValueError, match="fullres"):
+            build_model("crn", fullres=bad)
 
 
 def test_zero_state_leaves_a_training_network_as_it_was():
