@@ -50,6 +50,8 @@ def main() -> None:
     parser.add_argument("--patches", type=int, default=300)
     parser.add_argument("--smooth", type=int, default=3, help="bins to average the mask over (odd)")
     args = parser.parse_args()
+    if args.smooth < 1 or args.smooth % 2 == 0:  # an even window would shift the mask by half a bin
+        parser.error(f"--smooth must be an odd number of bins ≥ 1, got {args.smooth}")
     torch.set_num_threads(1)
     tables, count = [], 0
     for path, _ in storage.list_files(split_dir(args.data, args.split), ".parquet"):  # same patches every run

@@ -320,7 +320,7 @@ class CRN(MaskNet):
             self.register_buffer("to_bins", to_bins, persistent=False)
             self.register_buffer("to_bands", (to_bins / to_bins.sum(0)).T.contiguous(), persistent=False)
         levels = [fullres, *widths] if fullres else widths
-        strides = [1, 2, 2, 2, 2] if fullres else [2, 2, 2, 2]
+        strides = [1] * bool(fullres) + [2] * len(widths)  # the full-resolution layer keeps its bins
         chans = [1 + bool(mean_norm_s) + bool(floor_s), *levels]
         self.encoder = nn.ModuleList(_CausalDown(a, b, k) for a, b, k in zip(chans[:-1], chans[1:], strides,
                                                                              strict=True))
