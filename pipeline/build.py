@@ -236,7 +236,7 @@ def plan(cfg: BuildConfig, clean: list[SourceFile], noise: list[SourceFile],
     config = cfg.effective()
     return plan_mixtures(clean, noise, config["snrs"], tuple(config["split"]), cfg.seed, cfg.noises_per_clean,
                          cfg.split_noise, snr_range=cfg.snr_range, mixtures_per_clean=cfg.mixtures_per_clean,
-                         variety=cfg.variety(), rirs=rirs)
+                         variety=cfg.variety(), rirs=rirs, train_on_val_noise=cfg.train_on_val_noise)
 
 
 def _reasons(skipped: list[dict]) -> str:

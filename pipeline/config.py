@@ -34,6 +34,8 @@ class BuildConfig:
     rows_per_file: int | None = None  # None: about 128 MiB per file
     dtype: str = "float32"  # float32 | float16
     split_noise: bool = True  # False: noise files are shared between the splits
+    # The final fit: the validation split's noise files also train; the test split's stay unseen.
+    train_on_val_noise: bool = False
     speaker_regex: str | None = None  # None: the parent folder name is the speaker
     # Variety (pipeline/augment.py); all off by default, which keeps a build plain.
     snr_range: tuple[float, float] | None = None  # draw each mixture's SNR from [low, high] dB
@@ -78,6 +80,8 @@ class BuildConfig:
             low, high = (float(v) for v in self.snr_range)
             if not (math.isfinite(low) and math.isfinite(high) and low <= high):
                 raise ValueError(f"--snr-range takes LOW HIGH in dB with LOW <= HIGH, got {self.snr_range}")
+        if self.train_on_val_noise and not self.split_noise:
+            raise ValueError("--train-on-val-noise needs noise files split by file (drop --no-split-noise)")
         if self.mixtures_per_clean is not None and self.mixtures_per_clean < 1:
             raise ValueError(f"--mixtures-per-clean must be at least 1, got {self.mixtures_per_clean}")
         for option, value in (("--rir-prob", self.rir_prob), ("--simulate-rooms", self.simulate_rooms),
@@ -153,6 +157,8 @@ class BuildConfig:
             out["snr_range"] = [float(v) for v in self.snr_range]
         if self.mixtures_per_clean is not None:
             out["mixtures_per_clean"] = self.mixtures_per_clean
+        if self.train_on_val_noise:
+            out["train_on_val_noise"] = True
         if self.rir_dir is not None:
             out["rir_dir"] = _resolved(self.rir_dir)
         variety = self.variety()

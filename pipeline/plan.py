@@ -113,11 +113,16 @@ def plan_mixtures(
     mixtures_per_clean: int | None = None,
     variety: augment.Variety | None = None,
     rirs: list[SourceFile] | None = None,
+    train_on_val_noise: bool = False,
 ) -> tuple[list[MixturePlan], dict[str, dict[str, list[str]]], list[str]]:
     """Every clean utterance of a split × its noise files × every SNR; or, with
     ``mixtures_per_clean`` K, K mixtures per utterance, each with a noise file of the
     split drawn at random; with ``snr_range`` each mixture draws its SNR uniformly from
     it instead of taking every SNR of ``snrs``.
+
+    ``train_on_val_noise`` (the final fit, once a recipe is chosen on validation) adds the
+    validation split's noise files to training's; validation and test mixtures stay what
+    they are, and the test split's noise stays unseen.
 
     Returns (mixtures, assignment {"speakers": {split: [...]}, "noise": {...}[, "rir"]},
     warnings). Each mixture's random choices (noise offset, output level, SNR, variety)
@@ -132,6 +137,8 @@ def plan_mixtures(
     noise_paths = sorted(n.path for n in noise)
     if split_noise:
         noise_split = _allot_files(noise_paths, fractions, seed, 2, "noise", speakers, warnings)
+        if train_on_val_noise:
+            noise_split["train"] = sorted(set(noise_split["train"]) | set(noise_split["val"]))
     else:
         noise_split = {split: noise_paths for split in SPLITS}
     assignment = {"speakers": speakers, "noise": noise_split}

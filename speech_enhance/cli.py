@@ -270,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
             type=_noises_per_clean, metavar="all|K")
     p.add_argument("--no-split-noise", dest="split_noise", action="store_false", default=None,
                    help="share noise files between the splits")
+    p.add_argument("--train-on-val-noise", dest="train_on_val_noise", action="store_true", default=None,
+                   help="the final fit: train on the validation split's noise files too (validation keeps its "
+                        "unseen speakers; the test split's noise stays unseen)")
     _option(p, "--speaker-regex", BuildConfig, "speaker_regex",
             "regex on the path relative to --clean whose first group is the speaker", default_text="the parent folder")
     _option(p, "--rows-per-file", BuildConfig, "rows_per_file", "patch rows per Parquet file",

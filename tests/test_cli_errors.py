@@ -61,6 +61,14 @@ def test_build_refuses_a_variety_fraction_outside_0_1(tmp_path, capsys, flag):
     _one_line_error(capsys, flag, "[0, 1]", "1.5")
 
 
+def test_build_refuses_a_final_fit_without_split_noise(tmp_path, capsys):
+    (tmp_path / "speech").mkdir()
+    (tmp_path / "noise").mkdir()
+    assert main(["build", "--clean", str(tmp_path / "speech"), "--noise", str(tmp_path / "noise"),
+                 "--out", str(tmp_path / "data"), "--train-on-val-noise", "--no-split-noise"]) == 1
+    _one_line_error(capsys, "--train-on-val-noise", "--no-split-noise")
+
+
 @pytest.fixture()
 def model_file(tmp_path):
     torch.manual_seed(0)

@@ -66,3 +66,18 @@ def test_plan_is_deterministic_and_seed_dependent():
     assert [m.noise_offset for m in a] != [m.noise_offset for m in c]
     assert [m.mixture_id for m in a] == list(range(len(a)))
     assert all(0 <= m.noise_offset <= 50_000 - m.n_samples for m in a)
+
+
+def test_final_fit_trains_on_validation_noise_and_keeps_test_noise_unseen():
+    clean, noise = _corpus()
+    plain, plain_assignment, _ = plan_mixtures(clean, noise, [0], (0.8, 0.1, 0.1), 0, snr_range=(-5, 15),
+                                               mixtures_per_clean=4)
+    fit, assignment, _ = plan_mixtures(clean, noise, [0], (0.8, 0.1, 0.1), 0, snr_range=(-5, 15),
+                                       mixtures_per_clean=4, train_on_val_noise=True)
+    split = plain_assignment["noise"]
+    assert assignment["noise"]["train"] == sorted(split["train"] + split["val"])
+    assert assignment["noise"]["test"] == split["test"] and assignment["speakers"] == plain_assignment["speakers"]
+    train_noise = {m.noise_path for m in fit if m.split == "train"}
+    assert set(split["val"]) <= train_noise and not train_noise & set(split["test"])
+    # Validation and test mixtures are the plain build's, row for row.
+    assert [m for m in fit if m.split != "train"] == [m for m in plain if m.split != "train"]
