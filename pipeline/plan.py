@@ -137,8 +137,9 @@ def plan_mixtures(
     noise_paths = sorted(n.path for n in noise)
     if split_noise:
         noise_split = _allot_files(noise_paths, fractions, seed, 2, "noise", speakers, warnings)
-        if train_on_val_noise:
-            noise_split["train"] = sorted(set(noise_split["train"]) | set(noise_split["val"]))
+        if train_on_val_noise:  # a validation split that shares every file must not bring test's in
+            heard = set(noise_split["val"]) - set(noise_split["test"])
+            noise_split["train"] = sorted(set(noise_split["train"]) | heard)
     else:
         noise_split = {split: noise_paths for split in SPLITS}
     assignment = {"speakers": speakers, "noise": noise_split}

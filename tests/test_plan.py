@@ -81,3 +81,11 @@ def test_final_fit_trains_on_validation_noise_and_keeps_test_noise_unseen():
     assert set(split["val"]) <= train_noise and not train_noise & set(split["test"])
     # Validation and test mixtures are the plain build's, row for row.
     assert [m for m in fit if m.split != "train"] == [m for m in plain if m.split != "train"]
+
+
+def test_final_fit_of_a_corpus_too_small_for_a_validation_noise_keeps_test_noise_out():
+    clean, noise = _corpus(noises=2)  # validation gets no file of its own and shares all
+    _, plain, warnings = plan_mixtures(clean, noise, [0], (0.45, 0.1, 0.45), 0)
+    _, fit, _ = plan_mixtures(clean, noise, [0], (0.45, 0.1, 0.45), 0, train_on_val_noise=True)
+    assert any("shares all noise" in w for w in warnings) and plain["noise"]["val"] == sorted(n.path for n in noise)
+    assert fit["noise"]["train"] == plain["noise"]["train"] and not set(fit["noise"]["train"]) & set(plain["noise"]["test"])
