@@ -163,7 +163,8 @@ def test_a_local_ray_starts_without_dashboard_and_runs_tasks(tmp_path):
         "from speech_enhance.pipeline.cluster import init_ray\n"
         "init_ray(num_cpus=1, dashboard=False)\n"
         "one = ray.get(ray.remote(lambda: 1).remote())\n"
-        "print(json.dumps({'webui': ray._private.worker._global_node.address_info.get('webui_url'), 'one': one}))\n"
+        "webui = ray.init(ignore_reinit_error=True).dashboard_url  # the running Ray's context\n"
+        "print(json.dumps({'webui': webui, 'one': one}))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=110,
