@@ -14,7 +14,8 @@ count for the computation):
     ray_2w     2 workers, 1 thread each (DDP; the default for 2 workers)     vs plain, 2 threads
     ray_1gpu   1 GPU worker (bf16 autocast, 1 torch thread)                  vs plain on the GPU
 
-Both sides run the same epoch function (speech_enhance.model.train._run_epoch). The GPU run is left out
+`--precision bf16 --compile` run both sides under bf16 autocast and torch.compile (as
+`train --precision bf16 --compile`). Both sides run the same epoch function (speech_enhance.model.train._run_epoch). The GPU run is left out
 where torch sees no GPU. Prints JSON; copy it into BENCHMARKS.md.
 """
 
@@ -38,17 +39,19 @@ from speech_enhance.pipeline import allocator
 
 
 def plain_loop(data: str, batch_size: int, threads: int, device: str = "cpu", arch: str = "mask_cnn",
-               loss: str = "mag_l1") -> float:
+               loss: str = "mag_l1", precision: str = "auto", compile: bool = False) -> float:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = build_model(arch).to(device)
+    net = torch.compile(model) if compile else model
+    amp = precision == "bf16" or (precision == "auto" and device == "cuda")  # as train's workers decide
     loss_fn = get_loss(loss)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2)
     rate = 0.0
-    for _ in range(2):  # the first pass warms up allocator and caches
+    for _ in range(2):  # the first pass warms up allocator and caches (and compiles)
         started = time.time()
-        _, patches = _run_epoch(model, local_batches(data, "train", batch_size, loss_fn.needs_phase),
-                                   torch.device(device), optimizer, amp=device == "cuda", loss_fn=loss_fn)
+        _, patches = _run_epoch(net, local_batches(data, "train", batch_size, loss_fn.needs_phase),
+                                torch.device(device), optimizer, amp=amp, loss_fn=loss_fn)
         if device == "cuda":
             torch.cuda.synchronize()
         rate = patches / (time.time() - started)
@@ -70,6 +73,8 @@ def main():
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--arch", default="mask_cnn")
     parser.add_argument("--loss", default="mag_l1")
+    parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    parser.add_argument("--compile", action="store_true")
     parser.add_argument("--runs", nargs="+", choices=list(RAY_RUNS),
                         default=[name for name, run in RAY_RUNS.items() if run[3] == "cpu" or torch.cuda.is_available()])
     args = parser.parse_args()
@@ -88,17 +93,19 @@ def main():
                                   snrs=[5.0, 0.0], noises_per_clean=1), log=lambda *_: None)
     machine = f"{os.cpu_count()} CPUs" + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "")
     results = {"machine": machine, "data": data, "batch_size": args.batch_size, "arch": args.arch, "loss": args.loss,
+               "precision": args.precision, "compile": args.compile,
                "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY")}
     plain = {}
     for name in args.runs:
         workers, threads, total_threads, device = RAY_RUNS[name]
         baseline = f"plain_{total_threads}t" + ("_gpu" if device == "cuda" else "")
         if baseline not in plain:
-            plain[baseline] = plain_loop(data, args.batch_size, total_threads, device, args.arch, args.loss)
+            plain[baseline] = plain_loop(data, args.batch_size, total_threads, device, args.arch, args.loss,
+                                         args.precision, args.compile)
             results[f"{baseline}_patches_per_s"] = plain[baseline]
         cfg = TrainConfig(data=data, out=str(work / name), epochs=args.epochs, workers=workers,
                           batch_size=args.batch_size, patience=args.epochs, torch_threads=threads,
-                          arch=args.arch, loss=args.loss,
+                          arch=args.arch, loss=args.loss, precision=args.precision, compile=args.compile,
                           gpu="yes" if device == "cuda" else "no")
         started = time.time()
         train(cfg, log=lambda *_: None, choose_strength=False)  # the export's calibration is not timed

@@ -54,7 +54,8 @@ from speech_enhance.pipeline.dsp import PATCH_FRAMES
 BEST_MODEL = "cnn_enhancer_best.pth"
 RAY_RUN_NAME = "ray"
 # Keys that may change when a run is continued (e.g. more epochs, other hardware).
-RESUMABLE_KEYS = {"epochs", "patience", "time_limit", "workers", "gpu", "cpus_per_worker", "torch_threads", "fault_injection"}
+RESUMABLE_KEYS = {"epochs", "patience", "time_limit", "workers", "gpu", "cpus_per_worker", "torch_threads", "precision",
+                  "compile", "fault_injection"}
 
 
 class TrainError(RuntimeError):
@@ -153,10 +154,13 @@ def train_loop_per_worker(config: dict) -> None:
     context = ray.train.get_context()
     rank = context.get_world_rank()
     device = ray.train.torch.get_device()
-    amp = device.type == "cuda"
+    precision = config.get("precision", "auto")
+    amp = precision == "bf16" or (precision == "auto" and device.type == "cuda")
 
     model = ray.train.torch.prepare_model(
         build_model(config["arch"], config["widths"], **(config.get("model_options") or {})))
+    # The compiled wrapper shares the parameters; checkpoints keep saving the plain module.
+    net = torch.compile(model) if config.get("compile") else model
     loss_fn = get_loss(config["loss"], **(config.get("loss_options") or {}))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
     ema = ema_model(model, config.get("ema", 0.0))
@@ -203,7 +207,7 @@ def train_loop_per_worker(config: dict) -> None:
         train_batches = patch_batches(train_tables, config["batch_size"] // sequence,
                                       config["shuffle_buffer"] // sequence, seed=config["seed"] + epoch,
                                       sequence=sequence)
-        train_sums = _run_epoch(model, train_batches, device, optimizer, amp, loss_fn, deadline, sequence > 1, ema)
+        train_sums = _run_epoch(net, train_batches, device, optimizer, amp, loss_fn, deadline, sequence > 1, ema)
         train_seconds = time.time() - started
         state["train_seconds"] = state.get("train_seconds", 0.0) + train_seconds
         # Every rank stopped at the same step, so this is the same on all of them.
@@ -211,7 +215,7 @@ def train_loop_per_worker(config: dict) -> None:
         val_tables = prefetched(shard_tables(pieces["val"], names, rank, world))
         val_batches = patch_batches(val_tables, max(64, config["batch_size"]) // sequence, sequence=sequence)
         with torch.no_grad():
-            val_sums = _run_epoch(ema.module if ema is not None else model, val_batches, device, amp=amp,
+            val_sums = _run_epoch(ema.module if ema is not None else net, val_batches, device, amp=amp,
                                   loss_fn=loss_fn, uneven=sequence > 1)
         t_loss, t_patches, v_loss, v_patches = _all_reduce_sum([*train_sums, *val_sums], device)
         seconds = time.time() - started

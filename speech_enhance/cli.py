@@ -344,6 +344,12 @@ def build_parser() -> argparse.ArgumentParser:
             "and the saved model use (e.g. 0.999)", default_text="off", type=float)
     _option(p, "--workers", TrainConfig, "workers", "data-parallel workers", type=int)
     _option(p, "--gpu", TrainConfig, "gpu", "use GPUs", choices=["auto", "yes", "no"])
+    _option(p, "--precision", TrainConfig, "precision",
+            "autocast precision of the network: bf16 (fast on GPUs and on CPUs with AMX), fp32, or auto "
+            "(bf16 on GPUs, fp32 on CPUs)", choices=["auto", "bf16", "fp32"])
+    p.add_argument("--compile", dest="compile", action="store_true", default=None,
+                   help="torch.compile the network for training: faster steps after about a minute of "
+                        "compiling per worker")
     _option(p, "--cpus-per-worker", TrainConfig, "cpus_per_worker", "CPUs reserved per worker",
             default_text="leaves one CPU unreserved on small machines", type=float)
     _option(p, "--seed", TrainConfig, "seed", "random seed", type=int)

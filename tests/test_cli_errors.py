@@ -38,6 +38,14 @@ def test_bad_training_options_fail_before_ray_and_say_which(tmp_path, capsys, fl
     assert ray.is_initialized() == started  # no Ray was started for it
 
 
+def test_a_config_file_with_an_unknown_precision_is_refused_by_name():
+    with pytest.raises(ValueError, match="--precision must be auto, bf16 or fp32, got 'fp16'"):
+        TrainConfig("d", "o", precision="fp16").validated()
+    with pytest.raises(ValueError, match="--compile must be left out with --precision bf16 for --arch unet"):
+        TrainConfig("d", "o", arch="unet", precision="bf16", compile=True).validated()
+    assert TrainConfig("d", "o", arch="crn", precision="bf16", compile=True).validated().compile
+
+
 def test_each_architecture_trains_with_its_own_default_widths():
     assert TrainConfig("d", "o", arch="unet").validated().widths == list(build_model("unet").widths)
     assert TrainConfig("d", "o").validated().widths == [32, 64, 64, 32]  # the seed's

@@ -97,13 +97,16 @@ def test_ema_model_averages_the_weights_and_batchnorm_statistics():
     torch.testing.assert_close(ema.module.input_norm.running_mean, model.input_norm.running_mean / 2)
 
 
-@pytest.mark.parametrize("arch, loss, limit", [("unet", "cmag_mse", ["--workers", "2", "--sequence", "2"]),
-                                               ("crn", "cmag_mse_sisdr", ["--epochs", "3", "--time-limit", "1e-4"])])
+@pytest.mark.parametrize("arch, loss, limit", [
+    ("unet", "cmag_mse", ["--workers", "2", "--sequence", "2"]),
+    ("crn", "cmag_mse_sisdr", ["--epochs", "3", "--time-limit", "1e-4", "--workers", "2", "--precision", "bf16",
+                               "--compile"])])
 def test_each_new_architecture_trains_an_epoch_through_the_cli_with_its_default_widths(
         tiny_dataset, tmp_path, arch, loss, limit):
     """(The CRN's run also stops at its --time-limit: after the first epoch of three. The
     U-Net's trains on pairs of patches with two workers, whose shards then hold different
-    numbers of pairs: both must stop together at the end of the epoch, or DDP hangs.)"""
+    numbers of pairs: both must stop together at the end of the epoch, or DDP hangs. The
+    CRN's also trains compiled under DDP in bf16 on the CPU, and its model file must load.)"""
     from speech_enhance.cli import main
     from speech_enhance.model.net import ARCHITECTURES
 
@@ -117,7 +120,9 @@ def test_each_new_architecture_trains_an_epoch_through_the_cli_with_its_default_
     results = json.loads((run / "results.json").read_text())
     assert results["loss"] == loss and results["model_size"]["parameters"] == sum(
         p.numel() for p in model.parameters())
-    assert json.loads((run / "config.json").read_text())["model_size"]["macs_per_second"] > 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["model_size"]["macs_per_second"] > 0
+    assert (config["precision"], config["compile"]) == (("bf16", True) if "--compile" in limit else ("auto", False))
 
 
 def test_an_empty_validation_split_is_refused_before_training_starts(tiny_dataset, tmp_path, capsys):
