@@ -30,11 +30,11 @@ from pathlib import Path
 
 import torch
 
-from speech_enhance.model.config import TrainConfig
+from speech_enhance.model.config import PRECISIONS, TrainConfig
 from speech_enhance.model.data import local_batches
 from speech_enhance.model.losses import get_loss
 from speech_enhance.model.net import build_model
-from speech_enhance.model.train import _run_epoch, train
+from speech_enhance.model.train import _run_epoch, bf16_autocast, train
 from speech_enhance.pipeline import allocator
 
 
@@ -44,7 +44,7 @@ def plain_loop(data: str, batch_size: int, threads: int, device: str = "cpu", ar
     torch.manual_seed(0)
     model = build_model(arch).to(device)
     net = torch.compile(model) if compile else model
-    amp = precision == "bf16" or (precision == "auto" and device == "cuda")  # as train's workers decide
+    amp = bf16_autocast(precision, torch.device(device))
     loss_fn = get_loss(loss)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2)
     rate = 0.0
@@ -73,7 +73,7 @@ def main():
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--arch", default="mask_cnn")
     parser.add_argument("--loss", default="mag_l1")
-    parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS)
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--runs", nargs="+", choices=list(RAY_RUNS),
                         default=[name for name, run in RAY_RUNS.items() if run[3] == "cpu" or torch.cuda.is_available()])

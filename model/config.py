@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, replace
 from speech_enhance.model.losses import LOSSES, get_loss
 from speech_enhance.model.net import ARCHITECTURES, build_model, default_widths
 
+PRECISIONS = ("auto", "bf16", "fp32")  # train --precision
+
 
 @dataclass
 class TrainConfig:
@@ -76,7 +78,7 @@ class TrainConfig:
             ("--ema", self.ema, 0 <= self.ema < 1, "in [0, 1) (0: off)"),
             ("--workers", self.workers, self.workers >= 1, "at least 1"),
             ("--gpu", self.gpu, self.gpu in ("auto", "yes", "no"), "auto, yes or no"),
-            ("--precision", self.precision, self.precision in ("auto", "bf16", "fp32"), "auto, bf16 or fp32"),
+            ("--precision", self.precision, self.precision in PRECISIONS, "auto, bf16 or fp32"),
             # torch 2.13's compiler turns the U-Net's bf16 training into NaN after one step (CPU).
             ("--compile", self.compile, not (self.compile and self.precision == "bf16" and self.arch == "unet"),
              "left out with --precision bf16 for --arch unet (the compiled bf16 U-Net trains to NaN)"),

@@ -97,6 +97,12 @@ def _past_deadline(deadline: float, device: torch.device) -> bool:
 DEADLINE_CHECK_STEPS = 8  # steps between deadline checks (each is an all-reduce)
 
 
+def bf16_autocast(precision: str, device: torch.device) -> bool:
+    """Whether ``train --precision`` runs the forward pass under bf16 autocast on ``device``:
+    bf16 always; auto on GPUs only, as bf16 pays on a CPU only with AMX / AVX512-BF16."""
+    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
+
+
 def _run_epoch(model, batches, device, optimizer=None, amp=False,  # noqa: ANN001
                loss_fn: Loss = LOSSES["mag_l1"], deadline: float | None = None,
                uneven: bool = False, ema: AveragedModel | None = None) -> tuple[float, float]:
@@ -154,8 +160,7 @@ def train_loop_per_worker(config: dict) -> None:
     context = ray.train.get_context()
     rank = context.get_world_rank()
     device = ray.train.torch.get_device()
-    precision = config.get("precision", "auto")
-    amp = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    amp = bf16_autocast(config.get("precision", "auto"), device)
 
     model = ray.train.torch.prepare_model(
         build_model(config["arch"], config["widths"], **(config.get("model_options") or {})))

@@ -237,7 +237,7 @@ def _given(args: argparse.Namespace, config: type) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from speech_enhance.model.config import TrainConfig
+    from speech_enhance.model.config import PRECISIONS, TrainConfig
     from speech_enhance.model.losses import LOSSES
     from speech_enhance.model.net import ARCHITECTURES
     from speech_enhance.pipeline.config import BuildConfig
@@ -346,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     _option(p, "--gpu", TrainConfig, "gpu", "use GPUs", choices=["auto", "yes", "no"])
     _option(p, "--precision", TrainConfig, "precision",
             "autocast precision of the network: bf16 (fast on GPUs and on CPUs with AMX), fp32, or auto "
-            "(bf16 on GPUs, fp32 on CPUs)", choices=["auto", "bf16", "fp32"])
+            "(bf16 on GPUs, fp32 on CPUs)", choices=PRECISIONS)
     p.add_argument("--compile", dest="compile", action="store_true", default=None,
                    help="torch.compile the network for training: faster steps after about a minute of "
                         "compiling per worker")
