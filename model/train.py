@@ -11,7 +11,9 @@ every epoch) and batches them with :func:`~speech_enhance.model.data.patch_batch
 validation loss and takes the same early-stopping decision (Train V2 needs every rank
 to call ``report`` equally often), and reports a checkpoint every epoch. Re-running
 the same command resumes from the latest checkpoint (Ray restores the run from
-``RUN_DIR/ray``); a crashed worker is restarted by Ray from that checkpoint.
+``RUN_DIR/ray``); a crashed worker is restarted by Ray from that checkpoint. A loss that
+turns NaN or infinite stops the run at that epoch (``TrainDiverged``), its earlier
+checkpoints kept: a restart would only diverge again.
 """
 
 from __future__ import annotations
@@ -62,6 +64,10 @@ class TrainError(RuntimeError):
     pass
 
 
+class TrainDiverged(TrainError):
+    """The training or validation loss became NaN or infinite, so the run stopped there."""
+
+
 # ---------------------------------------------------------------- worker side
 def early_stopping_update(state: dict, val_loss: float, patience: int) -> bool:
     """Record one epoch's validation loss in ``state`` (best_val, bad_epochs); returns
@@ -80,13 +86,18 @@ def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
-def _any_rank(flag: bool, device: torch.device) -> bool:
-    """Whether ``flag`` holds on any rank: every rank gets the same answer, so all take the
-    same branch, as DDP needs."""
-    t = torch.tensor([float(flag)], device=device)
+def _any_ranks(flags: list[bool], device: torch.device) -> list[bool]:
+    """For each flag, whether it holds on any rank: every rank gets the same answers, so
+    all take the same branch, as DDP needs (one all-reduce for all the flags)."""
+    t = torch.tensor([float(flag) for flag in flags], device=device)
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return [bool(v) for v in t.tolist()]
+
+
+def _any_rank(flag: bool, device: torch.device) -> bool:
+    """Whether ``flag`` holds on any rank (see :func:`_any_ranks`)."""
+    return _any_ranks([flag], device)[0]
 
 
 def _past_deadline(deadline: float, device: torch.device) -> bool:
@@ -94,7 +105,7 @@ def _past_deadline(deadline: float, device: torch.device) -> bool:
     return _any_rank(time.time() > deadline, device)
 
 
-DEADLINE_CHECK_STEPS = 8  # steps between deadline checks (each is an all-reduce)
+CHECK_STEPS = 8  # training steps between checks of the deadline and the loss (each is an all-reduce)
 
 
 def bf16_autocast(precision: str, device: torch.device) -> bool:
@@ -107,7 +118,8 @@ def _run_epoch(model, batches, device, optimizer=None, amp=False,  # noqa: ANN00
                loss_fn: Loss = LOSSES["mag_l1"], deadline: float | None = None,
                uneven: bool = False, ema: AveragedModel | None = None) -> tuple[float, float]:
     """One pass; returns (sum over batches of loss × patches, patches): the epoch's loss
-    is the first over the second. Training stops early once past ``deadline``. ``uneven``:
+    is the first over the second. Training stops early once past ``deadline``, or once the
+    loss has turned NaN or infinite on any rank (the sum then says so). ``uneven``:
     the ranks may hold different numbers of batches (joined sequences), so every step asks
     whether all still have one and all stop with the first that runs out, as DDP needs.
     ``ema``: the weights' moving average, updated after every step."""
@@ -116,7 +128,8 @@ def _run_epoch(model, batches, device, optimizer=None, amp=False,  # noqa: ANN00
     loss_sum, patches = 0.0, 0.0
     iterator = iter(batches)
     for step in itertools.count():
-        if deadline is not None and step % DEADLINE_CHECK_STEPS == 0 and step and _past_deadline(deadline, device):
+        if training and step % CHECK_STEPS == 0 and step and any(_any_ranks(
+                [deadline is not None and time.time() > deadline, not math.isfinite(loss_sum)], device)):
             break
         batch = next(iterator, None)
         if (_any_rank(batch is None, device) if uneven else batch is None):
@@ -153,7 +166,7 @@ def _maybe_inject_fault(config: dict, epoch: int, rank: int) -> None:
         os._exit(1)  # a hard crash, as a killed process would die
 
 
-def train_loop_per_worker(config: dict) -> None:
+def train_loop_per_worker(config: dict) -> dict | None:
     torch.manual_seed(config["seed"])
     if config.get("torch_threads"):
         torch.set_num_threads(config["torch_threads"])
@@ -188,7 +201,7 @@ def train_loop_per_worker(config: dict) -> None:
             ema.n_averaged.fill_(saved["ema_steps"])
         state = saved["train_state"]
     if state["stopped"] or state["epoch"] >= config["epochs"]:
-        return  # a finished run: nothing left to do
+        return None  # a finished run: nothing left to do
     # Which Ray node and device each rank runs on (results.json shows how a run was spread).
     placement = [None] * context.get_world_size()
     here = (ray.get_runtime_context().get_node_id(), str(device))
@@ -217,17 +230,26 @@ def train_loop_per_worker(config: dict) -> None:
         state["train_seconds"] = state.get("train_seconds", 0.0) + train_seconds
         # Every rank stopped at the same step, so this is the same on all of them.
         out_of_time = deadline is not None and _past_deadline(deadline, device)
-        val_tables = prefetched(shard_tables(pieces["val"], names, rank, world))
-        val_batches = patch_batches(val_tables, max(64, config["batch_size"]) // sequence, sequence=sequence)
-        with torch.no_grad():
-            val_sums = _run_epoch(ema.module if ema is not None else net, val_batches, device, amp=amp,
-                                  loss_fn=loss_fn, uneven=sequence > 1)
-        t_loss, t_patches, v_loss, v_patches = _all_reduce_sum([*train_sums, *val_sums], device)
+        t_loss, t_patches = _all_reduce_sum(list(train_sums), device)
+        v_loss, v_patches = math.nan, 0.0
+        if math.isfinite(t_loss):  # the same on every rank, as is the validation loss below
+            val_tables = prefetched(shard_tables(pieces["val"], names, rank, world))
+            val_batches = patch_batches(val_tables, max(64, config["batch_size"]) // sequence, sequence=sequence)
+            with torch.no_grad():
+                val_sums = _run_epoch(ema.module if ema is not None else net, val_batches, device, amp=amp,
+                                      loss_fn=loss_fn, uneven=sequence > 1)
+            v_loss, v_patches = _all_reduce_sum(list(val_sums), device)
         seconds = time.time() - started
+        train_loss, val_loss = t_loss / max(t_patches, 1), v_loss / max(v_patches, 1)
+        if not math.isfinite(val_loss):
+            # Every rank reports once and stops; the checkpoints of the earlier epochs stay
+            # the run's (a checkpoint of NaN weights would only be resumed into NaN again).
+            ray.train.report({"epoch": epoch, "train_loss": train_loss, "val_loss": math.inf, "diverged": True,
+                              "best_val_loss": state["best_val"], "stopped": True})
+            return {"diverged": {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss}}  # for the driver
         lr = optimizer.param_groups[0]["lr"]
         if scheduler:
             scheduler.step()
-        train_loss, val_loss = t_loss / max(t_patches, 1), v_loss / max(v_patches, 1)
         # val_loss is all-reduced, hence identical on every rank: all ranks stop together.
         state["stopped"] = early_stopping_update(state, val_loss, config["patience"]) or out_of_time
         state["epoch"] = epoch
@@ -236,7 +258,7 @@ def train_loop_per_worker(config: dict) -> None:
                "patches_per_s": t_patches / train_seconds, "adam_steps_at_start": start_steps}
         state["history"].append(row)
         _maybe_inject_fault(config, epoch, rank)
-        metrics = {**row, "best_val_loss": state["best_val"], "stopped": state["stopped"]}
+        metrics = {**row, "best_val_loss": state["best_val"], "stopped": state["stopped"], "diverged": False}
         if rank == 0:
             print(
                 f"epoch {epoch:3d}  train {train_loss:.5f}  val {val_loss:.5f}  lr {lr:.2e}  "
@@ -260,6 +282,7 @@ def train_loop_per_worker(config: dict) -> None:
         start_steps = _adam_steps(optimizer)
         if state["stopped"]:
             break
+    return None
 
 
 def _adam_steps(optimizer: torch.optim.Optimizer) -> int:
@@ -373,6 +396,15 @@ def train(cfg: TrainConfig, overwrite: bool = False, log=print, callbacks: list 
             f"training failed ({summary[0] if summary else type(err).__name__}); "
             f"re-run the same command to resume from the last checkpoint in {storage.join(out, RAY_RUN_NAME)}"
         ) from err
+    last = (result.return_value or {}).get("diverged")  # rank 0's return value
+    if last:
+        which = "training" if not math.isfinite(last["train_loss"]) else "validation"
+        kept = (f"{storage.join(out, RAY_RUN_NAME)} keeps the best checkpoint of the epochs before"
+                if last["epoch"] > 1 else "no epoch was checkpointed")
+        raise TrainDiverged(
+            f"training diverged: the {which} loss became NaN or infinite in epoch {last['epoch']}, so the run "
+            f"stopped there ({kept}). Start a new run with a lower --lr, or train with --precision fp32 or without "
+            f"--compile (both may change when the same command resumes the run)")
     return export_run(result, out, cfg, log, choose_strength)
 
 

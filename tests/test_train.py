@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import shutil
 
 import pytest
@@ -136,3 +137,34 @@ def test_an_empty_validation_split_is_refused_before_training_starts(tiny_datase
     err = capsys.readouterr().err
     assert "'val' split empty" in err and str(data / "val") in err
     assert not (tmp_path / "run" / "config.json").exists()  # nothing was started
+
+
+def test_a_training_step_that_turns_the_loss_nan_ends_the_pass_at_the_next_check():
+    from speech_enhance.model import build_model
+    from speech_enhance.model.train import CHECK_STEPS, _run_epoch
+
+    torch.manual_seed(0)
+    model = build_model("mask_cnn", [4, 4, 4, 4])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e30)  # one step makes the weights overflow
+    served = []
+
+    def batches():
+        for _ in range(5 * CHECK_STEPS):
+            noisy = torch.rand(2, 1, 257, 64)
+            served.append(1)
+            yield noisy, noisy / 2
+
+    loss_sum, patches = _run_epoch(model, batches(), torch.device("cpu"), optimizer)
+    assert math.isnan(loss_sum)
+    assert len(served) == CHECK_STEPS and patches == 2 * CHECK_STEPS  # not the other 32 batches
+
+
+def test_a_run_whose_loss_turns_nan_stops_with_a_clear_error_instead_of_exporting_it(tiny_dataset, tmp_path):
+    from speech_enhance.model.train import TrainDiverged
+
+    run = tmp_path / "run"
+    cfg = TrainConfig(data=str(tiny_dataset), out=str(run), epochs=3, workers=1, batch_size=4, lr=1e30)
+    with pytest.raises(TrainDiverged, match=r"training loss became NaN or infinite in epoch 1.*lower --lr"):
+        train(cfg, log=lambda *_: None)
+    assert not (run / BEST_MODEL).exists() and not (run / "history.csv").exists()
+    assert not [p for p in (run / "ray").glob("checkpoint_*") if p.is_dir()]

@@ -150,3 +150,19 @@ def test_search_refuses_to_start_without_rays_state_api(ray_session, monkeypatch
     monkeypatch.setattr(ray.util.state, "list_actors", unavailable)
     with pytest.raises(TuneError, match="dashboard"):
         require_state_api(wait_s=0)
+
+
+def test_trial_status_tells_a_diverged_trial_from_one_asha_stopped():
+    import pandas as pd
+
+    from speech_enhance.tune.search import trial_status
+
+    def rows(*epochs):
+        return pd.DataFrame([{"epoch": e, "val_loss": v, "stopped": s, "diverged": d} for e, v, s, d in epochs])
+
+    assert trial_status(rows((1, 0.5, False, False), (2, 0.4, False, False)), False, 4) == "stopped by ASHA"
+    assert trial_status(rows((1, 0.5, False, False), (2, float("inf"), True, True)), False, 4) == "diverged"
+    assert trial_status(rows((1, 0.5, False, False), (2, 0.6, True, False)), False, 4) == "early-stopped"
+    assert trial_status(rows((1, 0.5, False, False), (2, 0.4, False, False)), False, 2) == "completed"
+    assert trial_status(rows((1, 0.5, False, False)), True, 2) == "error"
+    assert trial_status(None, False, 2) == "stopped by ASHA"  # no report at all

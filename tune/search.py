@@ -32,6 +32,7 @@ from speech_enhance.model.net import load_model
 from speech_enhance.model.train import (
     BEST_MODEL,
     TrainConfig,
+    TrainDiverged,
     save_checkpoint_model,
     save_with_default_strength,
     train,
@@ -56,7 +57,10 @@ def run_trial(params: dict) -> None:
         **train_settings({k: v for k, v in params.items() if k != "_fixed"}),
     )
     # The default strength is chosen for the search's best model only (_export_best_model).
-    train(cfg, callbacks=[TuneReportCallback()], log=lambda *_: None, choose_strength=False)
+    try:
+        train(cfg, callbacks=[TuneReportCallback()], log=lambda *_: None, choose_strength=False)
+    except TrainDiverged:
+        pass  # a trial like any other, whose last report says so: retrying it would diverge again
 
 
 def plan_concurrency(cfg: TuneConfig, cpus: float, gpus: float) -> tuple[int, float, int]:
@@ -164,13 +168,7 @@ def write_outputs(results, out: str, cfg: TuneConfig, log=print) -> dict:  # noq
         params = {k: v for k, v in (result.config or {}).items() if k != "_fixed"}
         best_val = float(df["val_loss"].min()) if df is not None and "val_loss" in df else math.nan
         epochs = int(df["epoch"].max()) if df is not None and "epoch" in df else 0
-        stopped_early = bool(df is not None and "stopped" in df and df["stopped"].iloc[-1])
-        if result.error:
-            status = "error"
-        elif epochs < cfg.epochs and not stopped_early:
-            status = "stopped by ASHA"
-        else:
-            status = "early-stopped" if stopped_early else "completed"
+        status = trial_status(df, bool(result.error), cfg.epochs)
         name = storage.name(result.path)
         rows.append({"trial_id": name, "trial_dir": storage.join(out, "trials", name), **params,
                      "best_val_loss": best_val, "epochs_run": epochs, "status": status})
@@ -194,6 +192,19 @@ def write_outputs(results, out: str, cfg: TuneConfig, log=print) -> dict:  # noq
     log(f"{len(rows)} trials; best val L1 {best['best_val_loss']:.6f} with {settings}")
     log(f"wrote {storage.join(out, 'trials.csv')}, best_config.json, best/{BEST_MODEL}, trials.png")
     return {"trials": rows, "best": best}
+
+
+def trial_status(df, error: bool, epochs: int) -> str:  # noqa: ANN001
+    """How a trial ended, from its reported metrics (a DataFrame, one row per epoch)."""
+    last = df.iloc[-1] if df is not None and len(df) else {}
+    if error:
+        return "error"
+    if bool(last.get("diverged", False)):
+        return "diverged"
+    stopped_early = bool(last.get("stopped", False))
+    if int(last.get("epoch", 0)) < epochs and not stopped_early:
+        return "stopped by ASHA"
+    return "early-stopped" if stopped_early else "completed"
 
 
 def _export_best_model(trial_dir: str, dest: str, data_dir: str) -> None:
