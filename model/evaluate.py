@@ -6,6 +6,10 @@ is fully convolutional). The clean reference and every estimate go through the s
 STFT/iSTFT, so the metrics compare enhancement, not analysis/synthesis artefacts.
 Mixtures are fanned out over Ray (one model per actor); the per-mixture work is the
 pure function :func:`evaluate_mixture`.
+
+:func:`evaluate_pairs` scores recordings instead of a build: a folder of noisy files and
+a folder of their clean references (VoiceBank-DEMAND's and the DNS Challenge's test sets
+come so), in the same report. Each pair's input SNR is estimated from the pair itself.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 from pathlib import Path
 
@@ -26,7 +31,7 @@ from speech_enhance.model.data import local_batches
 from speech_enhance.model.enhance import enhance_array, enhance_at_strengths
 from speech_enhance.model.net import load_model
 from speech_enhance.pipeline import dsp, storage
-from speech_enhance.pipeline.audio import write_audio
+from speech_enhance.pipeline.audio import AudioError, discover_audio, load_audio, write_audio
 from speech_enhance.pipeline.cluster import hide_ray_data_progress, init_ray
 from speech_enhance.pipeline.dataset import load_manifest, read_dataset_info, render_row
 
@@ -90,20 +95,98 @@ def enhance_all(model: nn.Module, noisy: np.ndarray,
     }
 
 
-def evaluate_mixture(model: nn.Module, row: dict, limited_strength: float = LIMITED_STRENGTH) -> dict:
-    """Metrics of every method on one manifest row."""
-    mix = render_row(row)
-    reference = _roundtrip(mix.clean)
-    out = {"mixture_id": int(row["mixture_id"]), "snr_db": float(row["snr_db"]),
-           # SNRs drawn from a range (build --snr-range) are reported in 5 dB bands.
-           "snr_band": float(SNR_BAND_DB * round(float(row["snr_db"]) / SNR_BAND_DB)),
-           "noise_type": row["noise_type"], "speaker": row["speaker"]}
-    estimates = enhance_all(model, mix.noisy, limited_strength)
+def _snr_band(snr_db: float) -> float:
+    """SNRs drawn from a range (build --snr-range) or estimated are reported in 5 dB bands."""
+    return float(SNR_BAND_DB * round(snr_db / SNR_BAND_DB)) if math.isfinite(snr_db) else math.nan
+
+
+def score_methods(model: nn.Module, noisy: np.ndarray, clean: np.ndarray,
+                  limited_strength: float = LIMITED_STRENGTH) -> dict[str, float]:
+    """{"method.metric": value} of every method on one noisy signal and its clean reference."""
+    reference = _roundtrip(clean)
+    estimates = enhance_all(model, noisy, limited_strength)
+    out = {}
     for method in METHODS:
         values = metrics.all_metrics(reference, estimates[method]) if method in estimates else {}
         for name in METRICS:
             out[f"{method}.{name}"] = values.get(name, math.nan)
     return out
+
+
+def evaluate_mixture(model: nn.Module, row: dict, limited_strength: float = LIMITED_STRENGTH) -> dict:
+    """Metrics of every method on one manifest row, or on one pair of files (a row of
+    :func:`pair_files`; one that cannot be scored comes back with its ``error``)."""
+    if "noisy_path" in row:
+        return _evaluate_pair(model, row, limited_strength)
+    mix = render_row(row)
+    out = {"mixture_id": int(row["mixture_id"]), "snr_db": float(row["snr_db"]),
+           "snr_band": _snr_band(float(row["snr_db"])), "noise_type": row["noise_type"], "speaker": row["speaker"]}
+    return {**out, **score_methods(model, mix.noisy, mix.clean, limited_strength)}
+
+
+# ---------------------------------------------------------------- paired recordings
+FILE_ID = re.compile(r"fileid_\d+")  # the DNS Challenge's test sets: noisy "..._fileid_7.wav", clean "clean_fileid_7.wav"
+PAIR_SLACK = dsp.HOP  # samples two files of a pair may differ by (rounding when resampled from other rates)
+
+
+def pair_files(noisy_dir: str | os.PathLike, clean_dir: str | os.PathLike) -> tuple[list[dict], list[dict]]:
+    """(pairs, unpaired): each noisy file below ``noisy_dir`` with the clean file at the
+    same relative path below ``clean_dir``, else the one with the same ``fileid_N`` in its
+    name. A pair's ``noise_type`` is its folder below ``noisy_dir`` ("all" at the top), so
+    a test set kept one folder per noise type is reported per noise type."""
+    noisy_root, clean_root = Path(noisy_dir), Path(clean_dir)
+    for option, root in (("--noisy", noisy_root), ("--clean", clean_root)):
+        if not root.is_dir():
+            raise FileNotFoundError(f"{option} {root}: no such folder")
+    clean_files = discover_audio(clean_root)
+    by_path = {f.relative_to(clean_root).as_posix(): f for f in clean_files}
+    by_id: dict[str, list[Path]] = {}
+    for f in clean_files:
+        if match := FILE_ID.search(f.name):
+            by_id.setdefault(match.group(0), []).append(f)
+    pairs, unpaired = [], []
+    for noisy in discover_audio(noisy_root):
+        rel = noisy.relative_to(noisy_root).as_posix()
+        match = FILE_ID.search(noisy.name)
+        clean = by_path.get(rel) or (by_id[match.group(0)][0] if match and len(by_id.get(match.group(0), [])) == 1
+                                     else None)
+        if clean is None:
+            by_name = f" or one with its {match.group(0)}" if match else ""
+            unpaired.append({"file": rel, "error": f"{noisy}: no clean partner ({clean_root / rel}{by_name})"})
+            continue
+        pairs.append({"mixture_id": len(pairs), "file": rel, "noisy_path": str(noisy), "clean_path": str(clean),
+                      "noise_type": noisy.parent.relative_to(noisy_root).as_posix() if noisy.parent != noisy_root
+                      else "all"})
+    return pairs, unpaired
+
+
+def load_pair(row: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(noisy, clean) of a pair at 16 kHz mono, cut to the same length; AudioError if
+    either cannot be read or their lengths differ by more than rounding."""
+    noisy, clean = load_audio(row["noisy_path"]), load_audio(row["clean_path"])
+    if abs(len(noisy) - len(clean)) > PAIR_SLACK:
+        raise AudioError(row["noisy_path"], f"{len(noisy) / dsp.SAMPLE_RATE:.3f} s long, its clean file "
+                                            f"{row['clean_path']} {len(clean) / dsp.SAMPLE_RATE:.3f} s")
+    n = min(len(noisy), len(clean))
+    return noisy[:n], clean[:n]
+
+
+def estimated_snr_db(noisy: np.ndarray, clean: np.ndarray) -> float:
+    """The input SNR of a pair: the clean signal's energy over the rest of the noisy one's."""
+    noise = float(np.sum((noisy - clean).astype(np.float64) ** 2))
+    return 10 * math.log10(float(np.sum(clean.astype(np.float64) ** 2)) / noise) if noise > 0 else math.inf
+
+
+def _evaluate_pair(model: nn.Module, row: dict, limited_strength: float) -> dict:
+    # Every row has the same keys (Ray Data builds one table of them); "error" is empty when scored.
+    out = {"mixture_id": int(row["mixture_id"]), "file": row["file"], "noise_type": row["noise_type"], "error": ""}
+    try:
+        noisy, clean = load_pair(row)
+    except AudioError as err:
+        return {**out, "snr_db": math.nan, "snr_band": math.nan, "error": str(err),
+                **{f"{m}.{k}": math.nan for m in METHODS for k in METRICS}}
+    snr = estimated_snr_db(noisy, clean)
+    return {**out, "snr_db": snr, "snr_band": _snr_band(snr), **score_methods(model, noisy, clean, limited_strength)}
 
 
 class _Evaluator:
@@ -184,14 +267,14 @@ def describe_strength(choice: dict) -> str:
     return f"{head}; the model file has none, so it was chosen here as {rule}"
 
 
-def strength_for_evaluation(model: nn.Module, meta: dict, data_dir: str, log=print) -> dict:  # noqa: ANN001
+def strength_for_evaluation(model: nn.Module, meta: dict, data_dir: str | None, log=print) -> dict:  # noqa: ANN001
     """The strength of the "model_limited" row and where it came from: the model file's
-    default strength, else chosen now on this dataset's validation split, else
-    LIMITED_STRENGTH."""
+    default strength, else chosen now on this dataset's validation split (none for
+    recordings: ``data_dir`` None), else LIMITED_STRENGTH."""
     if "strength" in meta:
         return {"strength": float(meta["strength"]), "source": "model file",
                 **{k: v for k, v in meta.get("strength_choice", {}).items() if k != "strength"}}
-    chosen = calibrate_strength(model, data_dir)
+    chosen = calibrate_strength(model, data_dir) if data_dir is not None else None
     if chosen is None:
         return {"strength": LIMITED_STRENGTH, "source": "default", "mixtures": 0, "stoi_delta": {}}
     log(f"the model file has no default strength; chose {chosen['strength']} on {chosen['mixtures']} "
@@ -276,17 +359,7 @@ def evaluate(data_dir: str, model_path: str, out_dir: str, max_mixtures: int | N
     log(f"evaluating {len(rows)} of {len(split_rows)} {split} mixtures with {model_path}")
     patch_loss = {"model": test_l1(model, data_dir, split), "identity_mask": identity_l1(data_dir, split)}
     calibration = strength_for_evaluation(model, meta, data_dir, log)
-    init_ray()
-    hide_ray_data_progress()
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    per_mixture = (
-        ray.data.from_items(rows, override_num_blocks=len(rows))
-        .map(_Evaluator, fn_constructor_kwargs={"model_path": storage.resolve(model_path),
-                                                 "limited_strength": calibration["strength"]},
-             compute=ray.data.ActorPoolStrategy(size=max(1, min(cpus, len(rows)))))
-        .take_all()
-    )
-    per_mixture.sort(key=lambda r: r["mixture_id"])
+    per_mixture = _score_rows(rows, model_path, calibration["strength"])
     report = {
         "model": str(model_path),
         "model_meta": {k: v for k, v in meta.items() if k != "format_version"},
@@ -302,7 +375,73 @@ def evaluate(data_dir: str, model_path: str, out_dir: str, max_mixtures: int | N
         "per_noise_type": summarise(per_mixture, "noise_type"),
         "per_mixture": per_mixture,
     }
-    report["samples"] = _write_samples(model, rows, out, samples, calibration["strength"])
+    return _finish_report(report, model, model_path, rows, out, samples, started, log)
+
+
+def evaluate_pairs(noisy_dir: str, clean_dir: str, model_path: str, out_dir: str, max_mixtures: int | None = None,
+                   samples: int = 3, log=print) -> dict:  # noqa: ANN001
+    """:func:`evaluate`'s report on recordings: the noisy files below ``noisy_dir``, each
+    against its clean file below ``clean_dir`` (:func:`pair_files`), per estimated SNR and
+    per folder. A file without a clean partner, or one that cannot be read, is skipped and
+    listed in the report. The model's default strength is its file's (no validation split here)."""
+    started = time.time()
+    model, meta = load_model(model_path)
+    pairs, unpaired = pair_files(noisy_dir, clean_dir)
+    if not pairs:
+        raise ValueError(f"--noisy {noisy_dir}: no file has a clean partner in {clean_dir} "
+                         "(the same path below the folder, or the same fileid_N in its name)")
+    out = Path(out_dir)
+    (out / "samples").mkdir(parents=True, exist_ok=True)
+    rows = pick_rows(pairs, max_mixtures)
+    log(f"evaluating {len(rows)} of {len(pairs)} file pairs with {model_path}"
+        + (f"; {len(unpaired)} noisy file(s) without a clean partner skipped" if unpaired else ""))
+    calibration = strength_for_evaluation(model, meta, None, log)
+    scored = _score_rows(rows, model_path, calibration["strength"])
+    skipped = unpaired + [{"file": r["file"], "error": r["error"]} for r in scored if r["error"]]
+    per_mixture = [{k: v for k, v in r.items() if k != "error"} for r in scored if not r["error"]]
+    for bad in skipped:
+        log(f"  skipped: {bad['error']}")
+    if not per_mixture:
+        raise ValueError(f"--noisy {noisy_dir}: none of the {len(rows)} pairs could be scored")
+    report = {
+        "model": str(model_path),
+        "model_meta": {k: v for k, v in meta.items() if k != "format_version"},
+        "data": f"{noisy_dir} (noisy) with {clean_dir} (clean)",
+        "split": "pairs",
+        "test_mixtures": len(pairs),
+        "evaluated_mixtures": len(per_mixture),
+        "skipped": skipped,
+        "limited_strength": calibration,
+        "overall": summarise(per_mixture)["all"],
+        "per_snr": summarise(per_mixture, "snr_band"),
+        "per_noise_type": summarise(per_mixture, "noise_type"),
+        "per_mixture": per_mixture,
+    }
+    good = {r["mixture_id"] for r in per_mixture}
+    return _finish_report(report, model, model_path, [r for r in rows if r["mixture_id"] in good], out, samples,
+                          started, log)
+
+
+def _score_rows(rows: list[dict], model_path: str, strength: float) -> list[dict]:
+    """:func:`evaluate_mixture` of every row, fanned out over Ray actors that load the model once."""
+    init_ray()
+    hide_ray_data_progress()
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    per_mixture = (
+        ray.data.from_items(rows, override_num_blocks=len(rows))
+        .map(_Evaluator, fn_constructor_kwargs={"model_path": storage.resolve(model_path),
+                                                 "limited_strength": strength},
+             compute=ray.data.ActorPoolStrategy(size=max(1, min(cpus, len(rows)))))
+        .take_all()
+    )
+    return sorted(per_mixture, key=lambda r: r["mixture_id"])
+
+
+def _finish_report(report: dict, model: nn.Module, model_path: str, rows: list[dict], out: Path, samples: int,
+                   started: float, log=print) -> dict:  # noqa: ANN001
+    """Samples and loss curve beside ``report``; metrics.json and report.md written."""
+    strength = report["limited_strength"]["strength"]
+    report["samples"] = _write_samples(model, rows, out, samples, strength)
     curve = storage.join(storage.parent(storage.resolve(model_path)), "loss_curve.png")
     if storage.is_file(curve):
         (out / "loss_curve.png").write_bytes(storage.read_bytes(curve))
@@ -311,7 +450,7 @@ def evaluate(data_dir: str, model_path: str, out_dir: str, max_mixtures: int | N
     (out / "metrics.json").write_text(json.dumps(report, indent=2))
     (out / "report.md").write_text(render_report(report))
     o = report["overall"]
-    log(f"overall (model at strength {calibration['strength']} and with the full mask)  " + "  ".join(
+    log(f"overall (model at strength {strength} and with the full mask)  " + "  ".join(
         f"{m}: noisy {o['noisy'][m]:.3f} model {o['model_limited'][m]:.3f} full mask {o['model'][m]:.3f} "
         + " ".join(f"{BASELINE_NAMES[b]} {o[b][m]:.3f}" for b in BASELINES) for m in METRICS))
     log(f"report: {out / 'report.md'}")
@@ -323,18 +462,23 @@ def _write_samples(model: nn.Module, rows: list[dict], out: Path, count: int, st
     files and a spectrogram figure each."""
     written = []
     for row in pick_rows(rows, count)[:count]:
-        mix = render_row(row)
-        enhanced = enhance_array(model, mix.noisy, strength)
-        stem = f"mix{row['mixture_id']:06d}_snr{row['snr_db']:+.0f}dB_{row['noise_type']}"
+        if "noisy_path" in row:  # a pair of files
+            noisy, clean = load_pair(row)
+            snr_db, label = estimated_snr_db(noisy, clean), Path(row["file"]).with_suffix("").as_posix()
+        else:
+            mix = render_row(row)
+            noisy, clean, snr_db, label = mix.noisy, mix.clean, float(row["snr_db"]), row["noise_type"]
+        enhanced = enhance_array(model, noisy, strength)
+        safe = re.sub(r"[/\\]+", "_", label)  # a pair's label is its path
+        stem = f"mix{row['mixture_id']:06d}_snr{snr_db:+.0f}dB_{safe}"
         files = {}
-        for kind, signal in (("noisy", mix.noisy), ("enhanced", enhanced), ("clean", mix.clean)):
+        for kind, signal in (("noisy", noisy), ("enhanced", enhanced), ("clean", clean)):
             files[kind] = f"samples/{stem}_{kind}.wav"
             write_audio(out / files[kind], signal)
         files["figure"] = f"samples/{stem}_spectrogram.png"
-        plot_spectrograms({"noisy": mix.noisy, "enhanced": enhanced, "clean": mix.clean},
-                          out / files["figure"], title=f"{row['noise_type']} at {row['snr_db']:+.0f} dB")
-        written.append({"mixture_id": int(row["mixture_id"]), "snr_db": row["snr_db"],
-                        "noise_type": row["noise_type"], **files})
+        plot_spectrograms({"noisy": noisy, "enhanced": enhanced, "clean": clean},
+                          out / files["figure"], title=f"{label} at {snr_db:+.0f} dB")
+        written.append({"mixture_id": int(row["mixture_id"]), "snr_db": snr_db, "noise_type": label, **files})
     return written
 
 
@@ -376,7 +520,8 @@ def _table(groups: dict, label: str, strength: float) -> list[str]:
 
 def render_report(report: dict) -> str:
     o = report["overall"]
-    split_name = {"test": "test", "val": "validation"}[report.get("split", "test")]
+    pairs = report.get("split") == "pairs"  # evaluate_pairs: recordings, not a build's split
+    split_name = {"test": "test", "val": "validation", "pairs": "paired"}[report.get("split", "test")]
     baselines = [b for b in BASELINES if not math.isnan(o[b]["si_sdr"])]
     best_baseline = max(baselines, key=lambda m: o[m]["si_sdr"])
     verdict = []
@@ -411,15 +556,24 @@ def render_report(report: dict) -> str:
         "",
         f"Model `{report['model']}` (epoch {report['model_meta'].get('epoch', '?')}, "
         f"{report['model_meta']['model_config']}) on `{report['data']}`: "
-        f"{report['evaluated_mixtures']} of {report['test_mixtures']} {split_name} mixtures, enhanced whole.",
+        + (f"{report['evaluated_mixtures']} of {report['test_mixtures']} file pairs, enhanced whole; "
+         "SNRs estimated from each pair (clean against noisy minus clean)." if pairs else
+         f"{report['evaluated_mixtures']} of {report['test_mixtures']} {split_name} mixtures, enhanced whole."),
         "",
-        f"## Patch loss ({split_name} split)",
-        "",
-        "| mask | L1 on magnitude patches |",
-        "|---|---|",
-        f"| model | {report['patch_l1']['model']:.6f} |",
-        f"| identity (mask = 1) | {report['patch_l1']['identity_mask']:.6f} |",
-        "",
+    ]
+    if report.get("skipped"):
+        lines += [f"Skipped ({len(report['skipped'])}):", "", *(f"- {bad['error']}" for bad in report["skipped"]), ""]
+    if report.get("patch_l1"):
+        lines += [
+            f"## Patch loss ({split_name} split)",
+            "",
+            "| mask | L1 on magnitude patches |",
+            "|---|---|",
+            f"| model | {report['patch_l1']['model']:.6f} |",
+            f"| identity (mask = 1) | {report['patch_l1']['identity_mask']:.6f} |",
+            "",
+        ]
+    lines += [
         "## Full utterances",
         "",
         "Improvement over the noisy input (Δ), against the baselines "
@@ -433,9 +587,9 @@ def render_report(report: dict) -> str:
         "",
         *_table(report["per_snr"], "SNR", strength),
         "",
-        "### Per noise type",
+        "### Per folder" if pairs else "### Per noise type",
         "",
-        *_table(report["per_noise_type"], "noise", strength),
+        *_table(report["per_noise_type"], "folder" if pairs else "noise", strength),
         "",
     ]
     if report.get("loss_curve"):

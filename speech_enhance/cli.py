@@ -101,13 +101,24 @@ def _load_config_file(path: str) -> dict:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from speech_enhance.model.evaluate import evaluate
+    from speech_enhance.model.evaluate import evaluate, evaluate_pairs
     from speech_enhance.pipeline.cluster import init_ray
 
+    pairs = args.noisy is not None or args.clean is not None
+    if pairs == (args.data is not None):
+        raise ValueError("give either --data (a build) or --noisy and --clean (folders of recordings), not both")
+    if pairs and (args.noisy is None or args.clean is None):
+        raise ValueError(f"--{'clean' if args.clean is None else 'noisy'} is missing: --noisy and --clean come together")
+    if pairs and args.split is not None:
+        raise ValueError("--split picks a build's split; folders of recordings have none")
     if args.address:
         init_ray(args.address)
-    evaluate(args.data, args.model, args.out, max_mixtures=args.max_mixtures or None, samples=args.samples,
-             split=args.split)
+    if pairs:
+        evaluate_pairs(args.noisy, args.clean, args.model, args.out, max_mixtures=args.max_mixtures or None,
+                       samples=args.samples)
+    else:
+        evaluate(args.data, args.model, args.out, max_mixtures=args.max_mixtures or None, samples=args.samples,
+                 split=args.split or "test")
     return 0
 
 
@@ -358,14 +369,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="test loss, PESQ/STOI/SI-SDR against baselines, report with samples")
-    p.add_argument("--data", required=True, help="dataset folder (its test split is evaluated, or --split)")
+    p.add_argument("--data", help="dataset folder (its test split is evaluated, or --split)")
+    p.add_argument("--noisy", help="instead of --data: a folder of noisy recordings, each scored against its "
+                                   "clean file in --clean (same path below the folder, or same fileid_N)")
+    p.add_argument("--clean", help="the folder of clean references for --noisy")
     p.add_argument("--model", required=True, help="a model file (RUN_DIR/cnn_enhancer_best.pth)")
     p.add_argument("--out", required=True, help="report folder")
-    p.add_argument("--split", choices=["test", "val"], default="test",
+    p.add_argument("--split", choices=["test", "val"], default=None,
                    help="split to score: test (default) or val, to compare recipes and settings without "
                         "reading the test split")
     p.add_argument("--max-mixtures", type=int, default=200,
-                   help="evaluate at most this many mixtures, evenly spaced (0: all; default: 200)")
+                   help="evaluate at most this many mixtures or pairs, evenly spaced (0: all; default: 200)")
     p.add_argument("--samples", type=int, default=3, help="mixtures written as audio + spectrogram figures (default: 3)")
     _add_address(p)
     p.set_defaults(func=cmd_evaluate)

@@ -1,5 +1,7 @@
 """Bad input as a new user gives it: a one-line error naming the option or file, before Ray."""
 
+import re
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -109,3 +111,14 @@ def test_a_file_that_is_not_a_model_gets_one_line(tmp_path, capsys):
     bogus.write_bytes(np.random.default_rng(0).bytes(4096))
     assert main(["enhance", str(src), "--model", str(bogus), "--out", str(tmp_path / "out")]) == 1
     _one_line_error(capsys, "random.bin", "not a speech-enhance model")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data", "d", "--noisy", "n", "--clean", "c"], "either --data .* or --noisy and --clean"),
+    ([], "either --data .* or --noisy and --clean"),
+    (["--noisy", "n"], "--clean is missing"),
+    (["--noisy", "n", "--clean", "c", "--split", "val"], "--split picks a build's split"),
+])
+def test_evaluate_takes_a_build_or_two_folders_of_recordings(tmp_path, capsys, args, message):
+    assert main(["evaluate", "--model", "m", "--out", str(tmp_path / "r"), *args]) == 1
+    assert re.search(message, capsys.readouterr().err)

@@ -110,3 +110,94 @@ def test_evaluate_scores_the_validation_split_when_asked(tiny_dataset, tmp_path)
     assert "validation mixtures, enhanced whole" in (tmp_path / "report" / "report.md").read_text()
     with pytest.raises(ValueError, match="--split must be test or val"):
         evaluate(str(tiny_dataset), str(tmp_path / "model.pth"), str(tmp_path / "r2"), split="train")
+
+
+def _write_pairs(tiny_dataset, root):
+    """Noisy and clean folders from the tiny dataset's test mixtures: one pair at 48 kHz
+    with the DNS Challenge's names, two in a noise-type folder, a noisy file without a
+    partner and an unreadable pair. Returns the SNRs the pairs were mixed at, by file."""
+    import soundfile as sf
+
+    from speech_enhance.pipeline.audio import resample
+    from speech_enhance.pipeline.dataset import render_row
+
+    rows = [r for r in load_manifest(str(tiny_dataset)) if r["split"] == "test"][:3]
+    assert len(rows) == 3
+    snrs = {}
+    for i, row in enumerate(rows):
+        mix = render_row(row)
+        if i == 0:
+            names, rate = ("book_07_snr5_fileid_7.wav", "clean_fileid_7.wav"), 48000
+            noisy, clean = resample(mix.noisy, 16000, rate), resample(mix.clean, 16000, rate)
+        else:
+            names, rate, noisy, clean = (f"cafe/u{i}.wav",) * 2, 16000, mix.noisy, mix.clean
+        for side, name, signal in (("noisy", names[0], noisy), ("clean", names[1], clean)):
+            (root / side / name).parent.mkdir(parents=True, exist_ok=True)
+            sf.write(root / side / name, signal, rate)
+        snrs[names[0]] = float(row["snr_db"])
+    (root / "noisy" / "alone.wav").write_bytes((root / "noisy" / "cafe" / "u1.wav").read_bytes())
+    for side in ("noisy", "clean"):
+        (root / side / "broken.wav").write_bytes(b"RIFF, but no audio")
+    return snrs
+
+
+def test_pair_files_matches_by_path_or_fileid_and_lists_the_rest(tmp_path):
+    from speech_enhance.model.evaluate import pair_files
+
+    for path in ("noisy/a.wav", "clean/a.wav", "noisy/x/b.wav", "clean/x/b.wav", "noisy/n_fileid_3.wav",
+                 "clean/clean_fileid_3.wav", "noisy/lost.wav", "noisy/m_fileid_4.wav", "clean/c_fileid_4.wav",
+                 "clean/d_fileid_4.wav"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_bytes(b"")
+    pairs, unpaired = pair_files(tmp_path / "noisy", tmp_path / "clean")
+    found = {p["file"]: (p["clean_path"], p["noise_type"]) for p in pairs}
+    assert found == {"a.wav": (str(tmp_path / "clean/a.wav"), "all"),
+                     "x/b.wav": (str(tmp_path / "clean/x/b.wav"), "x"),
+                     "n_fileid_3.wav": (str(tmp_path / "clean/clean_fileid_3.wav"), "all")}
+    # no partner, or two clean files with the same fileid: listed, not guessed
+    assert sorted(u["file"] for u in unpaired) == ["lost.wav", "m_fileid_4.wav"]
+    assert "no clean partner" in unpaired[0]["error"] and str(tmp_path / "noisy") in unpaired[0]["error"]
+    with pytest.raises(FileNotFoundError, match="--clean .*: no such folder"):
+        pair_files(tmp_path / "noisy", tmp_path / "nothing")
+
+
+def test_a_pair_of_other_lengths_is_refused_and_its_snr_is_estimated(tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    from speech_enhance.model.evaluate import estimated_snr_db, load_pair
+    from speech_enhance.pipeline.audio import AudioError
+
+    rng = np.random.default_rng(0)
+    clean, noise = rng.standard_normal(16000) * 0.1, rng.standard_normal(16000) * 0.01
+    assert estimated_snr_db(clean + noise, clean) == pytest.approx(20.0, abs=0.2)
+    sf.write(tmp_path / "n.wav", (clean + noise)[:12000], 16000)
+    sf.write(tmp_path / "c.wav", clean, 16000)
+    with pytest.raises(AudioError, match=r"n.wav: 0.750 s long, its clean file .*c.wav 1.000 s"):
+        load_pair({"noisy_path": str(tmp_path / "n.wav"), "clean_path": str(tmp_path / "c.wav")})
+
+
+@pytest.mark.timeout(300)
+def test_evaluate_scores_folders_of_recordings_and_skips_what_it_cannot_pair_or_read(tiny_dataset, tmp_path):
+    from speech_enhance.cli import main
+
+    snrs = _write_pairs(tiny_dataset, tmp_path / "rec")
+    save_model(tmp_path / "model.pth", build_model("mask_cnn", [8, 8, 8, 8]).eval(), epoch=1, val_loss=0.1,
+               strength=0.9)
+    out = tmp_path / "report"
+    assert main(["evaluate", "--noisy", str(tmp_path / "rec" / "noisy"), "--clean", str(tmp_path / "rec" / "clean"),
+                 "--model", str(tmp_path / "model.pth"), "--out", str(out), "--samples", "1"]) == 0
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["split"] == "pairs" and report["test_mixtures"] == 4 and report["evaluated_mixtures"] == 3
+    assert report["limited_strength"]["strength"] == 0.9  # the model file's
+    scored = {r["file"]: r for r in report["per_mixture"]}
+    assert set(scored) == set(snrs)
+    for name, snr in snrs.items():  # estimated from each pair; the 48 kHz one lost the noise above 7.6 kHz
+        assert scored[name]["snr_db"] == pytest.approx(snr, abs=0.5 if "fileid" in name else 0.01)
+        assert all(math.isfinite(scored[name][f"{m}.stoi"]) for m in ("noisy", "model", "wiener"))
+    assert set(report["per_noise_type"]) == {"all", "cafe"}
+    assert sorted(s["file"] for s in report["skipped"]) == ["alone.wav", "broken.wav"]
+    text = (out / "report.md").read_text()
+    assert "3 of 4 file pairs" in text and "Skipped (2)" in text and "unreadable audio" in text
+    assert "Per folder" in text and "Patch loss" not in text
+    assert (out / report["samples"][0]["enhanced"]).is_file()
