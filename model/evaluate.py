@@ -148,8 +148,9 @@ def pair_files(noisy_dir: str | os.PathLike, clean_dir: str | os.PathLike) -> tu
     for noisy in discover_audio(noisy_root):
         rel = noisy.relative_to(noisy_root).as_posix()
         match = FILE_ID.search(noisy.name)
-        clean = by_path.get(rel) or (by_id[match.group(0)][0] if match and len(by_id.get(match.group(0), [])) == 1
-                                     else None)
+        clean = by_path.get(rel)
+        if clean is None and match and len(by_id.get(match.group(0), [])) == 1:  # two with one fileid: no guess
+            clean = by_id[match.group(0)][0]
         if clean is None:
             by_name = f" or one with its {match.group(0)}" if match else ""
             unpaired.append({"file": rel, "error": f"{noisy}: no clean partner ({clean_root / rel}{by_name})"})
