@@ -106,7 +106,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     pairs = args.noisy is not None or args.clean is not None
     if pairs == (args.data is not None):
-        raise ValueError("give either --data (a build) or --noisy and --clean (folders of recordings), not both")
+        raise ValueError("give either --data (a build) or --noisy and --clean (folders of recordings)"
+                         + (", not both" if pairs else ""))
     if pairs and (args.noisy is None or args.clean is None):
         raise ValueError(f"--{'clean' if args.clean is None else 'noisy'} is missing: --noisy and --clean come together")
     if pairs and args.split is not None:

@@ -114,8 +114,8 @@ def test_a_file_that_is_not_a_model_gets_one_line(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--data", "d", "--noisy", "n", "--clean", "c"], "either --data .* or --noisy and --clean"),
-    ([], "either --data .* or --noisy and --clean"),
+    (["--data", "d", "--noisy", "n", "--clean", "c"], "either --data .* or --noisy and --clean .*, not both"),
+    ([], r"either --data .* or --noisy and --clean \(folders of recordings\)$"),
     (["--noisy", "n"], "--clean is missing"),
     (["--noisy", "n", "--clean", "c", "--split", "val"], "--split picks a build's split"),
 ])
