@@ -26,8 +26,8 @@ from torch import nn
 
 from speech_enhance.model import metrics
 from speech_enhance.model.enhance import enhance_array
+from speech_enhance.model.evaluate import stft_roundtrip
 from speech_enhance.model.net import load_model
-from speech_enhance.pipeline import dsp
 from speech_enhance.pipeline.dataset import load_manifest, render_row
 
 
@@ -52,9 +52,8 @@ def score(paths: list[str], row: dict) -> dict:
         torch.set_num_threads(1)
         _ensemble = MaskAverage([load_model(p)[0] for p in paths]).eval()
     mix = render_row(row)
-    reference = dsp.istft(dsp.stft(mix.clean), len(mix.clean)).numpy()  # what evaluate scores against
     enhanced = enhance_array(_ensemble, np.asarray(mix.noisy, np.float32))
-    scores = metrics.all_metrics(reference, enhanced)
+    scores = metrics.all_metrics(stft_roundtrip(mix.clean), enhanced)  # the reference evaluate scores against
     return {"mixture_id": int(row["mixture_id"]), "snr_db": float(row["snr_db"]),
             **{f"model.{k}": float(v) for k, v in scores.items()}}
 

@@ -77,7 +77,8 @@ def identity_l1(data_dir: str | os.PathLike, split: str) -> float:
     return patch_l1(data_dir, split)
 
 
-def _roundtrip(x: np.ndarray) -> np.ndarray:
+def stft_roundtrip(x: np.ndarray) -> np.ndarray:
+    """``x`` through the STFT and iSTFT, as every estimate is: what references are scored as."""
     return dsp.istft(dsp.stft(x), len(x)).numpy()
 
 
@@ -85,11 +86,11 @@ def enhance_all(model: nn.Module, noisy: np.ndarray,
                 limited_strength: float = LIMITED_STRENGTH) -> dict[str, np.ndarray]:
     full, limited = enhance_at_strengths(model, noisy, [1.0, limited_strength])
     return {
-        "noisy": _roundtrip(noisy),
+        "noisy": stft_roundtrip(noisy),
         "model": full,
         "model_limited": limited,
         "wiener": metrics.wiener(noisy),
-        "spectral_gating": _roundtrip(metrics.spectral_gating(noisy)),
+        "spectral_gating": stft_roundtrip(metrics.spectral_gating(noisy)),
         # Without the rnnoise extra its row is NaN and the report says it is missing.
         **({"rnnoise": metrics.rnnoise(noisy)} if metrics.rnnoise_available() else {}),
     }
@@ -103,7 +104,7 @@ def _snr_band(snr_db: float) -> float:
 def score_methods(model: nn.Module, noisy: np.ndarray, clean: np.ndarray,
                   limited_strength: float = LIMITED_STRENGTH) -> dict[str, float]:
     """{"method.metric": value} of every method on one noisy signal and its clean reference."""
-    reference = _roundtrip(clean)
+    reference = stft_roundtrip(clean)
     estimates = enhance_all(model, noisy, limited_strength)
     out = {}
     for method in METHODS:
@@ -223,8 +224,8 @@ def stoi_delta_by_strength(model: nn.Module, rows: list[dict], grid: tuple[float
     deltas = {s: [] for s in grid}
     for row in rows:
         mix = render_row(row)
-        reference = _roundtrip(mix.clean)
-        noisy = metrics.stoi(reference, _roundtrip(mix.noisy))
+        reference = stft_roundtrip(mix.clean)
+        noisy = metrics.stoi(reference, stft_roundtrip(mix.noisy))
         for s, enhanced in zip(grid, enhance_at_strengths(model, mix.noisy, list(grid)), strict=True):
             deltas[s].append(metrics.stoi(reference, enhanced) - noisy)
     mean = {s: float(np.mean(d)) for s, d in deltas.items()}
@@ -361,22 +362,16 @@ def evaluate(data_dir: str, model_path: str, out_dir: str, max_mixtures: int | N
     patch_loss = {"model": test_l1(model, data_dir, split), "identity_mask": identity_l1(data_dir, split)}
     calibration = strength_for_evaluation(model, meta, data_dir, log)
     per_mixture = _score_rows(rows, model_path, calibration["strength"])
-    report = {
-        "model": str(model_path),
-        "model_meta": {k: v for k, v in meta.items() if k != "format_version"},
+    source = {
         "data": str(data_dir),
         "dataset_config": info["config"],
         "split": split,
         "test_mixtures": len(split_rows),  # the key predates --split: the mixtures of the split scored
         "evaluated_mixtures": len(rows),
         "patch_l1": patch_loss,
-        "limited_strength": calibration,
-        "overall": summarise(per_mixture)["all"],
-        "per_snr": summarise(per_mixture, "snr_band"),
-        "per_noise_type": summarise(per_mixture, "noise_type"),
-        "per_mixture": per_mixture,
     }
-    return _finish_report(report, model, model_path, rows, out, samples, started, log)
+    return _finish_report(source, per_mixture, calibration, model, meta, model_path, rows, out, samples, started,
+                          log)
 
 
 def evaluate_pairs(noisy_dir: str, clean_dir: str, model_path: str, out_dir: str, max_mixtures: int | None = None,
@@ -404,23 +399,16 @@ def evaluate_pairs(noisy_dir: str, clean_dir: str, model_path: str, out_dir: str
         log(f"  skipped: {bad['error']}")
     if not per_mixture:
         raise ValueError(f"--noisy {noisy_dir}: none of the {len(rows)} pairs could be scored")
-    report = {
-        "model": str(model_path),
-        "model_meta": {k: v for k, v in meta.items() if k != "format_version"},
+    source = {
         "data": f"{noisy_dir} (noisy) with {clean_dir} (clean)",
         "split": "pairs",
         "test_mixtures": len(pairs),
         "evaluated_mixtures": len(per_mixture),
         "skipped": skipped,
-        "limited_strength": calibration,
-        "overall": summarise(per_mixture)["all"],
-        "per_snr": summarise(per_mixture, "snr_band"),
-        "per_noise_type": summarise(per_mixture, "noise_type"),
-        "per_mixture": per_mixture,
     }
     good = {r["mixture_id"] for r in per_mixture}
-    return _finish_report(report, model, model_path, [r for r in rows if r["mixture_id"] in good], out, samples,
-                          started, log)
+    return _finish_report(source, per_mixture, calibration, model, meta, model_path,
+                          [r for r in rows if r["mixture_id"] in good], out, samples, started, log)
 
 
 def _score_rows(rows: list[dict], model_path: str, strength: float) -> list[dict]:
@@ -438,10 +426,22 @@ def _score_rows(rows: list[dict], model_path: str, strength: float) -> list[dict
     return sorted(per_mixture, key=lambda r: r["mixture_id"])
 
 
-def _finish_report(report: dict, model: nn.Module, model_path: str, rows: list[dict], out: Path, samples: int,
-                   started: float, log=print) -> dict:  # noqa: ANN001
-    """Samples and loss curve beside ``report``; metrics.json and report.md written."""
-    strength = report["limited_strength"]["strength"]
+def _finish_report(source: dict, per_mixture: list[dict], calibration: dict, model: nn.Module, meta: dict,
+                   model_path: str, rows: list[dict], out: Path, samples: int, started: float,
+                   log=print) -> dict:  # noqa: ANN001
+    """The report of ``per_mixture`` (``source``: what was scored, in the report's words)
+    with its summaries, samples and loss curve; metrics.json and report.md written."""
+    report = {
+        "model": str(model_path),
+        "model_meta": {k: v for k, v in meta.items() if k != "format_version"},
+        **source,
+        "limited_strength": calibration,
+        "overall": summarise(per_mixture)["all"],
+        "per_snr": summarise(per_mixture, "snr_band"),
+        "per_noise_type": summarise(per_mixture, "noise_type"),
+        "per_mixture": per_mixture,
+    }
+    strength = calibration["strength"]
     report["samples"] = _write_samples(model, rows, out, samples, strength)
     curve = storage.join(storage.parent(storage.resolve(model_path)), "loss_curve.png")
     if storage.is_file(curve):
