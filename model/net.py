@@ -32,6 +32,8 @@ LOG_EPS = 1e-3
 MAX_LOOKAHEAD = 16  # frames (128 ms): past that, a network meant to stream should run whole
 FLOOR_SOFTNESS = 0.25  # floor_s: temperature of the soft minimum, in units of the normalised features
 FLOOR_MAX_EXP = 60.0  # floor_s: exp(-x / softness) is clamped below float32's range
+LEVEL_S = 2.0  # level_db: time constant of the running input level, seconds
+MAX_BOOST_DB = 40.0  # level_db: the most a quiet input is raised (down to -60 dBFS for a -20 dB target)
 PITCH_QUEFRENCIES = (40, 257)  # cepstrum: lags in samples whose peaks are pitches of 400 to 62.5 Hz
 ARCHITECTURES: dict[str, type[MaskNet]] = {}
 
@@ -59,7 +61,13 @@ class MaskNet(nn.Module):
         return list(self._config["widths"])
 
     def features(self, noisy_mag: torch.Tensor) -> torch.Tensor:
-        return self.input_norm(torch.log(noisy_mag + LOG_EPS))
+        x = torch.log(noisy_mag + LOG_EPS)
+        if self.training:
+            return self.input_norm(x)
+        # BatchNorm's inference map written out: an ONNX trace of it needs no channel count,
+        # which the trace loses when the input was scaled by a running gain (level_db).
+        norm = self.input_norm
+        return (x - norm.running_mean) / torch.sqrt(norm.running_var + norm.eps)
 
     @property
     def streamable(self) -> bool:
@@ -279,6 +287,14 @@ class CRN(MaskNet):
     mask between harmonics, where noise under voiced speech is removed (RNNoise does it with
     its pitch filter).
 
+    ``level_db`` < 0 raises quiet input to that level (dBFS) before the network sees it:
+    the magnitudes are scaled by the gain that brings their causal running level (mean
+    power over about ``LEVEL_S`` seconds, carried in the stream state) up to ``level_db``,
+    at most ``MAX_BOOST_DB``; louder input is left as it is. The mask still multiplies the
+    input as it came, so the output keeps its level. Features are log magnitudes floored at
+    ``LOG_EPS``, so a recording 30 dB quieter than the training mixtures loses its quiet
+    bins below the floor and looks unlike anything trained on; 0 (the default) is off.
+
     ``layers`` stacks that many GRU layers (Tan & Wang's CRN and NSNet2 use two): the
     second models time on the first's output rather than on the raw bottleneck.
 
@@ -293,12 +309,12 @@ class CRN(MaskNet):
     # Narrow first layers: they run at 129 and 65 bins, where most of the time goes.
     DEFAULT_WIDTHS = (8, 16, 32, 32)
     DEFAULTS = {"widths": list(DEFAULT_WIDTHS), "hidden": 192, "bands": 0, "mean_norm_s": 0.0, "lookahead": 0,
-                "floor_s": 0.0, "cepstrum": 0, "layers": 1, "fullres": 0}
+                "floor_s": 0.0, "cepstrum": 0, "layers": 1, "fullres": 0, "level_db": 0.0}
     past_frames = math.inf
 
     def __init__(self, widths: tuple[int, ...] | list[int] = DEFAULT_WIDTHS, hidden: int = 192, bands: int = 0,
                  mean_norm_s: float = 0.0, lookahead: int = 0, floor_s: float = 0.0, cepstrum: int = 0,
-                 layers: int = 1, fullres: int = 0):
+                 layers: int = 1, fullres: int = 0, level_db: float = 0.0):
         widths, hidden, bands = _positive("crn", widths, 4), int(hidden), int(bands)
         mean_norm_s, floor_s = float(mean_norm_s), float(floor_s)
         if hidden < 1:
@@ -308,13 +324,19 @@ class CRN(MaskNet):
                            f"a whole number of frames from 0 to {MAX_LOOKAHEAD}")
         cepstrum = _whole("cepstrum", cepstrum, 0, 1, "0 (off) or 1 (on)")
         fullres = _whole("fullres", fullres, 0, math.inf, "a whole number of channels ≥ 0 (0: off)")
+        level_db = float(level_db)
+        if not (math.isfinite(level_db) and level_db <= 0):
+            raise ValueError(f"crn level_db must be 0 (off) or a level in dBFS below 0, e.g. -20; got {level_db}")
         # Per-frame decays of the running mean and of the noise floor's weights.
         decay, floor_decay = _frame_decay("mean_norm_s", mean_norm_s), _frame_decay("floor_s", floor_s)
         if bands and (bands < 33 or (bands - 1) % 16):  # four halvings, then the decoder's 2F - 1
             raise ValueError(f"crn bands must be 0 (all {dsp.N_BINS} bins) or 16k + 1 ≥ 33, e.g. 129; got {bands}")
         super().__init__(widths=widths, hidden=hidden, bands=bands, mean_norm_s=mean_norm_s, lookahead=lookahead,
-                         floor_s=floor_s, cepstrum=cepstrum, layers=layers, fullres=fullres)
+                         floor_s=floor_s, cepstrum=cepstrum, layers=layers, fullres=fullres, level_db=level_db)
         self.decay, self.floor_decay = decay, floor_decay
+        # The target as mean power per bin: the STFT of white noise of power P has P·Σw² (3/8 N_FFT, Hann).
+        self.level_power = 10 ** (level_db / 10) * 3 / 8 * dsp.N_FFT if level_db else 0.0
+        self.level_decay = _frame_decay("level_db", LEVEL_S)
         if bands:  # fixed, rebuilt from the config: not saved with the weights
             to_bins = torch.tensor(dsp.band_matrix(bands), dtype=torch.float32)
             self.register_buffer("to_bins", to_bins, persistent=False)
@@ -348,7 +370,11 @@ class CRN(MaskNet):
 
     def stream(self, noisy_mag: torch.Tensor, state: object | None) -> tuple[torch.Tensor, object]:
         """One mask per input frame, ``lookahead`` frames late (see the class docstring)."""
-        caches, hidden, mean, floor = state if state is not None else ([None] * len(self.encoder), None, None, None)
+        caches, hidden, mean, floor, loudness = (state if state is not None
+                                                 else ([None] * len(self.encoder), None, None, None, None))
+        if self.level_power:
+            gain, loudness = input_gain(noisy_mag, loudness, self.level_decay, self.level_power)
+            noisy_mag = noisy_mag * gain
         bands = self._config["bands"]
         x = self.features(self.to_bands @ noisy_mag if bands else noisy_mag)
         channels = [x]
@@ -372,17 +398,19 @@ class CRN(MaskNet):
         seq, hidden = self.rnn(seq.transpose(1, 2), hidden)
         x = self.project(seq).transpose(1, 2).reshape(b, c, f, t)
         mask = self.decoder(x, skips)
-        return (self.to_bins @ mask if bands else mask), (new_caches, hidden, mean, floor)
+        return (self.to_bins @ mask if bands else mask), (new_caches, hidden, mean, floor, loudness)
 
     def flat_state(self, state: object) -> list[torch.Tensor]:
-        caches, hidden, mean, floor = state
-        return [*caches, hidden, *([mean] if self.decay else []), *(floor if self.floor_decay else [])]
+        caches, hidden, mean, floor, loudness = state
+        return [*caches, hidden, *([mean] if self.decay else []), *(floor if self.floor_decay else []),
+                *(loudness if self.level_power else [])]
 
     def unflat_state(self, tensors: list[torch.Tensor]) -> object:
         n = len(self.encoder)
         rest = list(tensors[n + 1:])
         mean = rest.pop(0) if self.decay else None
-        return list(tensors[:n]), tensors[n], mean, (rest if self.floor_decay else None)
+        floor = [rest.pop(0), rest.pop(0)] if self.floor_decay else None
+        return list(tensors[:n]), tensors[n], mean, floor, (rest if self.level_power else None)
 
 
 def _whole(option: str, value: object, low: float, high: float, what: str) -> int:
@@ -445,6 +473,23 @@ def noise_floor(x: torch.Tensor, state: list[torch.Tensor] | None, decay: float,
     return -softness * torch.log(sums / weights), [sums[..., -1:], weights[..., -1:]]
 
 
+def input_gain(mag: torch.Tensor, state: list[torch.Tensor] | None, decay: float,
+               target: float) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Per-frame gain [batch, 1, 1, frames] that raises ``mag`` [batch, 1, bins, frames] to
+    the mean power per bin ``target`` when its running level is below it: ``target`` over
+    the causal exponential mean of the frames' mean power (weights ``decay`` per frame, the
+    mean divided by the sum of its weights so it starts at the first frame), square-rooted,
+    at least 1 and at most ``MAX_BOOST_DB``. Streams with the two running sums as its state
+    (zeros at the start); returns the gains and the state after the last frame."""
+    sums, weights = state if state is not None else (mag.new_zeros(mag.shape[0], 1, 1, 1),) * 2
+    power = mag.float().square().mean(dim=2, keepdim=True)
+    sums = running_mean(power, sums, decay)
+    weights = running_mean(torch.ones_like(power), weights, decay)
+    level = (sums / weights).clamp(min=target * 10 ** (-MAX_BOOST_DB / 10))  # silence: the largest gain
+    gain = (target / level).clamp(min=1.0).sqrt()
+    return gain.to(mag.dtype), [sums[..., -1:], weights[..., -1:]]
+
+
 def cepstrum_matrix(low: int, high: int) -> torch.Tensor:
     """[high - low, 257]: the real cepstrum at lags ``low`` to ``high`` - 1 samples of a
     frame's log magnitude over the 257 bins (the DCT-I: a cosine of period N_FFT / lag bins
@@ -472,12 +517,12 @@ class BandCRN(CRN):
 
     name = "crn_erb"
     DEFAULTS = {"widths": list(CRN.DEFAULT_WIDTHS), "hidden": 256, "bands": 129, "mean_norm_s": 0.0, "lookahead": 0,
-                "floor_s": 0.0, "cepstrum": 0, "layers": 1, "fullres": 0}
+                "floor_s": 0.0, "cepstrum": 0, "layers": 1, "fullres": 0, "level_db": 0.0}
 
     def __init__(self, widths: tuple[int, ...] | list[int] = CRN.DEFAULT_WIDTHS, hidden: int = 256,
                  bands: int = 129, mean_norm_s: float = 0.0, lookahead: int = 0, floor_s: float = 0.0,
-                 cepstrum: int = 0, layers: int = 1, fullres: int = 0):
-        super().__init__(widths, hidden, bands, mean_norm_s, lookahead, floor_s, cepstrum, layers, fullres)
+                 cepstrum: int = 0, layers: int = 1, fullres: int = 0, level_db: float = 0.0):
+        super().__init__(widths, hidden, bands, mean_norm_s, lookahead, floor_s, cepstrum, layers, fullres, level_db)
 
 
 def _architecture(arch: str) -> type[MaskNet]:

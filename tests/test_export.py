@@ -52,17 +52,18 @@ def test_onnx_runtime_matches_pytorch(arch, tmp_path):
     np.testing.assert_allclose(enhance_array(runtime, x, 0.9), enhance_array(net, x, 0.9), atol=1e-4)
 
 
-@pytest.mark.parametrize(("mean_norm_s", "lookahead", "floor_s", "cepstrum", "layers", "fullres"),
-                         [(0.0, 0, 0.0, 0, 1, 0), (0.5, 0, 0.0, 0, 1, 0), (0.5, 2, 0.0, 0, 1, 0),
-                          (0.5, 0, 1.0, 0, 1, 0), (0.5, 0, 0.0, 1, 1, 0), (0.5, 0, 0.0, 0, 2, 0),
-                          (0.5, 0, 0.0, 0, 1, 8)])
+@pytest.mark.parametrize(("mean_norm_s", "lookahead", "floor_s", "cepstrum", "layers", "fullres", "level_db"),
+                         [(0.0, 0, 0.0, 0, 1, 0, 0.0), (0.5, 0, 0.0, 0, 1, 0, 0.0), (0.5, 2, 0.0, 0, 1, 0, 0.0),
+                          (0.5, 0, 1.0, 0, 1, 0, 0.0), (0.5, 0, 0.0, 1, 1, 0, 0.0), (0.5, 0, 0.0, 0, 2, 0, 0.0),
+                          (0.5, 0, 0.0, 0, 1, 8, 0.0), (0.5, 0, 0.0, 0, 1, 8, -10.0)])
 def test_streaming_network_streams_through_onnx_with_its_state(mean_norm_s, lookahead, floor_s, cepstrum, layers,
-                                                               fullres):
+                                                               fullres, level_db):
     net = _trained_like("crn", mean_norm_s=mean_norm_s, lookahead=lookahead, floor_s=floor_s, cepstrum=cepstrum,
-                        layers=layers, fullres=fullres)
+                        layers=layers, fullres=fullres, level_db=level_db)  # -10 dBFS raises both inputs below
     runtime = OnnxNet(export_onnx(net, None))
     assert runtime.streamable
-    assert len(runtime.meta["state_shapes"]) == 5 + bool(fullres) + bool(mean_norm_s) + 2 * bool(floor_s)
+    assert len(runtime.meta["state_shapes"]) == (5 + bool(fullres) + bool(mean_norm_s) + 2 * bool(floor_s)
+                                                 + 2 * bool(level_db))
     mag = torch.rand(1, 1, 257, 301) * 3  # whole, past the running mean's 64-frame blocks
     with torch.no_grad():
         np.testing.assert_allclose(runtime(mag).numpy(), net(mag).numpy(), atol=1e-4)

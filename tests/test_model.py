@@ -10,6 +10,7 @@ from speech_enhance.model.net import (
     PITCH_QUEFRENCIES,
     cepstrum_matrix,
     complexity,
+    input_gain,
     noise_floor,
     running_mean,
 )
@@ -104,20 +105,21 @@ def test_declared_context_is_what_the_network_sees(arch, options):
     assert frames[-1] == (199 if math.isinf(model.past_frames) else 100 + model.past_frames)
 
 
-@pytest.mark.parametrize(("mean_norm_s", "lookahead", "floor_s", "cepstrum", "layers", "fullres"),
-                         [(0.0, 0, 0.0, 0, 1, 0), (0.5, 0, 0.0, 0, 1, 0), (0.5, 3, 0.0, 0, 1, 0),
-                          (0.0, 0, 1.0, 0, 1, 0), (0.5, 2, 1.0, 0, 1, 0), (0.5, 2, 0.0, 1, 1, 0),
-                          (0.5, 1, 0.0, 0, 2, 0), (0.5, 1, 0.0, 0, 1, 4)])
+@pytest.mark.parametrize(("mean_norm_s", "lookahead", "floor_s", "cepstrum", "layers", "fullres", "level_db"),
+                         [(0.0, 0, 0.0, 0, 1, 0, 0.0), (0.5, 0, 0.0, 0, 1, 0, 0.0), (0.5, 3, 0.0, 0, 1, 0, 0.0),
+                          (0.0, 0, 1.0, 0, 1, 0, 0.0), (0.5, 2, 1.0, 0, 1, 0, 0.0), (0.5, 2, 0.0, 1, 1, 0, 0.0),
+                          (0.5, 1, 0.0, 0, 2, 0, 0.0), (0.5, 1, 0.0, 0, 1, 4, 0.0), (0.5, 1, 1.0, 0, 1, 4, -20.0)])
 def test_the_crn_streams_chunk_by_chunk_as_it_runs_whole(mean_norm_s, lookahead, floor_s, cepstrum, layers,
-                                                         fullres):
+                                                         fullres, level_db):
     """Streamed in 7-frame pieces, then flushed with ``lookahead`` silent frames, the masks
     come ``lookahead`` frames late and equal the whole-input call."""
     torch.manual_seed(0)
     model = build_model("crn", [8, 8, 8, 8], hidden=16, mean_norm_s=mean_norm_s, lookahead=lookahead,
-                        floor_s=floor_s, cepstrum=cepstrum, layers=layers, fullres=fullres).eval()
-    # A full-resolution layer's last frame, the running mean, and the noise floor's two sums ride in the state.
-    assert len(model.zero_state()) == 5 + bool(fullres) + bool(mean_norm_s) + 2 * bool(floor_s)
-    x = torch.rand(2, 1, 257, 150)  # whole: three blocks of the running mean
+                        floor_s=floor_s, cepstrum=cepstrum, layers=layers, fullres=fullres, level_db=level_db).eval()
+    # A full-resolution layer's last frame, the running mean, and the noise floor's and the
+    # input level's two sums each ride in the state.
+    assert len(model.zero_state()) == 5 + bool(fullres) + bool(mean_norm_s) + 2 * bool(floor_s) + 2 * bool(level_db)
+    x = torch.rand(2, 1, 257, 150)  # whole: three blocks of the running mean; -28 dBFS, raised by level_db -20
     with torch.no_grad():
         whole, state, parts = model(x), None, []
         for start in range(0, 150, 7):
@@ -151,6 +153,38 @@ def test_running_mean_is_the_exponential_average_from_its_start():
     torch.testing.assert_close(running_mean(x, start, 0.9), torch.stack(expected, -1))
     with pytest.raises(ValueError, match="mean_norm_s"):
         build_model("crn", mean_norm_s=-1)
+
+
+def test_input_gain_raises_a_quiet_running_level_to_the_target_and_no_more():
+    # Frames of mean power 1, then 4; decay 0.5: the running level is 1, then (0.5·1 + 1·4) / 1.5 = 3.
+    mag = torch.cat([torch.ones(1, 1, 5, 1), torch.full((1, 1, 5, 1), 2.0)], dim=-1)
+    gain, (sums, weights) = input_gain(mag, None, 0.5, target=12.0)
+    torch.testing.assert_close(gain.flatten(), torch.tensor([12.0 ** 0.5, 2.0]))
+    torch.testing.assert_close(weights.flatten(), torch.tensor([0.75]))
+    # Carried on: (0.5·2.25 + 0.5·1) / 0.875 = 1.857, then 3: louder than the target.
+    gain, _ = input_gain(mag, [sums, weights], 0.5, target=1.5)
+    torch.testing.assert_close(gain.flatten(), torch.tensor([1.0, 1.0]))
+    gain, _ = input_gain(torch.zeros(1, 1, 5, 3), None, 0.5, target=1.0)  # silence: the largest boost
+    torch.testing.assert_close(gain.flatten(), torch.full((3,), 10 ** (40 / 20)))
+    for bad in (3.0, float("nan")):
+        with pytest.raises(ValueError, match="level_db"):
+            build_model("crn", level_db=bad)
+
+
+def test_level_db_makes_the_mask_of_quiet_input_independent_of_its_level():
+    """A recording 20 or 40 dB below the target gets the mask it would get at the target
+    (features are log magnitudes floored at LOG_EPS, so without it a quiet one loses its
+    quiet bins); input above the target is left as it is."""
+    torch.manual_seed(0)
+    plain = build_model("crn", [8, 8, 8, 8], hidden=16, mean_norm_s=0.5).eval()
+    raised = build_model("crn", [8, 8, 8, 8], hidden=16, mean_norm_s=0.5, level_db=-10.0).eval()
+    raised.load_state_dict(plain.state_dict())
+    x = torch.rand(1, 1, 257, 120)  # about -28 dBFS: raised by 18 dB, and by 38 dB at a tenth
+    with torch.no_grad():
+        torch.testing.assert_close(raised(x * 0.1), raised(x), atol=1e-5, rtol=0)
+        assert (plain(x * 0.1) - plain(x)).abs().max() > 0.01
+        loud = x * 10  # -8 dBFS: no gain
+        torch.testing.assert_close(raised(loud), plain(loud))
 
 
 def test_noise_floor_is_a_soft_minimum_that_stays_under_speech():

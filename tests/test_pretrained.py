@@ -5,6 +5,7 @@ import soundfile as sf
 from conftest import speech_like
 
 from speech_enhance.cli import main
+from speech_enhance.model.enhance import enhance_array
 from speech_enhance.model.net import complexity, load_model
 from speech_enhance.pretrained import default_model
 
@@ -29,3 +30,16 @@ def test_enhance_without_model_uses_and_names_the_pretrained_model(tmp_path, cap
     # It removes noise: less energy where the stand-in speech is silent.
     silent = np.abs(clean) < 1e-4
     assert np.mean(enhanced[silent] ** 2) < 0.5 * np.mean(noisy[silent] ** 2)
+
+
+def test_shipped_model_enhances_a_quiet_recording_as_a_louder_one():
+    """Its input is raised to -20 dBFS (``level_db``): at -30 and -55 dBFS it draws the same
+    mask, where a network fed raw log magnitudes loses the quiet one's soft bins to the floor."""
+    model, meta = load_model(default_model())
+    assert meta["model_config"]["level_db"] == -20
+    rng = np.random.default_rng(1)
+    clean = speech_like(rng, 2.0, 16000, 130)
+    noisy = clean + 0.05 * rng.standard_normal(len(clean)).astype(np.float32)
+    noisy *= 10 ** (-30 / 20) / np.sqrt(np.mean(noisy ** 2))
+    louder, quieter = (enhance_array(model, noisy * gain) / gain for gain in (1.0, 10 ** (-25 / 20)))
+    np.testing.assert_allclose(quieter, louder, atol=1e-4 * np.abs(louder).max())
