@@ -316,7 +316,7 @@ class CRN(MaskNet):
                  mean_norm_s: float = 0.0, lookahead: int = 0, floor_s: float = 0.0, cepstrum: int = 0,
                  layers: int = 1, fullres: int = 0, level_db: float = 0.0):
         widths, hidden, bands = _positive("crn", widths, 4), int(hidden), int(bands)
-        mean_norm_s, floor_s = float(mean_norm_s), float(floor_s)
+        mean_norm_s, floor_s = _number("mean_norm_s", mean_norm_s), _number("floor_s", floor_s)
         if hidden < 1:
             raise ValueError(f"crn hidden size must be positive, got {hidden}")
         layers = _whole("layers", layers, 1, math.inf, "a whole number of GRU layers ≥ 1")
@@ -324,7 +324,7 @@ class CRN(MaskNet):
                            f"a whole number of frames from 0 to {MAX_LOOKAHEAD}")
         cepstrum = _whole("cepstrum", cepstrum, 0, 1, "0 (off) or 1 (on)")
         fullres = _whole("fullres", fullres, 0, math.inf, "a whole number of channels ≥ 0 (0: off)")
-        level_db = float(level_db)
+        level_db = _number("level_db", level_db)
         if not (math.isfinite(level_db) and level_db <= 0):
             raise ValueError(f"crn level_db must be 0 (off) or a level in dBFS below 0, e.g. -20; got {level_db}")
         # Per-frame decays of the running mean and of the noise floor's weights.
@@ -411,6 +411,14 @@ class CRN(MaskNet):
         mean = rest.pop(0) if self.decay else None
         floor = [rest.pop(0), rest.pop(0)] if self.floor_decay else None
         return list(tensors[:n]), tensors[n], mean, floor, (rest if self.level_power else None)
+
+
+def _number(option: str, value: object) -> float:
+    """``value`` as a float when it is a number (not a bool or a string); ValueError naming
+    the CRN ``option`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"crn {option} must be a number, got {value!r}")
+    return float(value)
 
 
 def _whole(option: str, value: object, low: float, high: float, what: str) -> int:

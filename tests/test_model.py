@@ -166,7 +166,7 @@ def test_input_gain_raises_a_quiet_running_level_to_the_target_and_no_more():
     torch.testing.assert_close(gain.flatten(), torch.tensor([1.0, 1.0]))
     gain, _ = input_gain(torch.zeros(1, 1, 5, 3), None, 0.5, target=1.0)  # silence: the largest boost
     torch.testing.assert_close(gain.flatten(), torch.full((3,), 10 ** (40 / 20)))
-    for bad in (3.0, float("nan")):
+    for bad in (3.0, float("nan"), "loud", True):
         with pytest.raises(ValueError, match="level_db"):
             build_model("crn", level_db=bad)
 
