@@ -1,12 +1,13 @@
-"""Does a model enhance a quiet recording as well as a loud one?
+"""Does a model enhance a quiet or a loud recording as well as one at the training level?
 
 Training mixtures are drawn at -35 to -15 dBFS; recordings come at any level. This scales
 every mixture of a split by each gain, enhances it with each model (and RNNoise), scales the
 output back and scores it against the clean reference, so every row sees the same sound and
 only the level differs. ``--set NAME=VALUE`` runs the models with a constructor option
-changed (same weights), e.g. ``level_db=-20`` on a model trained without it.
+changed (same weights), e.g. ``level_db=-20`` on a model trained without it. RNNoise takes
+16-bit samples, so a gain that lifts peaks past full scale clips its input.
 
-    python bench/level.py --data DATA --model M.pth [...] [--split test] [--gains-db 0 -20 -30]
+    python bench/level.py --data DATA --model M.pth [...] [--split test] [--gains-db 0 -30 10]
         [--set level_db=-20] [--rnnoise] [--out FILE]
 
 Prints one JSON object: per method and gain, the mean PESQ, STOI and SI-SDR, and the
@@ -71,7 +72,7 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="a build folder")
     parser.add_argument("--model", nargs="+", required=True, help="model files")
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
-    parser.add_argument("--gains-db", nargs="+", type=float, default=[0.0, -20.0, -30.0],
+    parser.add_argument("--gains-db", nargs="+", type=float, default=[0.0, -30.0, 10.0],
                         help="input gains in dB (0: the build's level)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="a model constructor option to change, e.g. level_db=-20")

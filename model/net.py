@@ -33,7 +33,7 @@ MAX_LOOKAHEAD = 16  # frames (128 ms): past that, a network meant to stream shou
 FLOOR_SOFTNESS = 0.25  # floor_s: temperature of the soft minimum, in units of the normalised features
 FLOOR_MAX_EXP = 60.0  # floor_s: exp(-x / softness) is clamped below float32's range
 LEVEL_S = 2.0  # level_db: time constant of the running input level, seconds
-MAX_BOOST_DB = 40.0  # level_db: the most a quiet input is raised (down to -60 dBFS for a -20 dB target)
+MAX_GAIN_DB = 40.0  # level_db: the most the input is raised or lowered (-60 to +20 dBFS for a -20 dB target)
 PITCH_QUEFRENCIES = (40, 257)  # cepstrum: lags in samples whose peaks are pitches of 400 to 62.5 Hz
 ARCHITECTURES: dict[str, type[MaskNet]] = {}
 
@@ -287,13 +287,13 @@ class CRN(MaskNet):
     mask between harmonics, where noise under voiced speech is removed (RNNoise does it with
     its pitch filter).
 
-    ``level_db`` < 0 raises quiet input to that level (dBFS) before the network sees it:
-    the magnitudes are scaled by the gain that brings their causal running level (mean
-    power over about ``LEVEL_S`` seconds, carried in the stream state) up to ``level_db``,
-    at most ``MAX_BOOST_DB``; louder input is left as it is. The mask still multiplies the
-    input as it came, so the output keeps its level. Features are log magnitudes floored at
-    ``LOG_EPS``, so a recording 30 dB quieter than the training mixtures loses its quiet
-    bins below the floor and looks unlike anything trained on; 0 (the default) is off.
+    ``level_db`` < 0 brings the input to that level (dBFS) before the network sees it: the
+    magnitudes are scaled by the gain that brings their causal running level (mean power
+    over about ``LEVEL_S`` seconds, carried in the stream state) to ``level_db``, within
+    ± ``MAX_GAIN_DB``. The mask still multiplies the input as it came, so the output keeps
+    its level. Features are log magnitudes floored at ``LOG_EPS``, so without it a recording
+    30 dB quieter than the training mixtures loses its quiet bins below the floor, and one
+    louder than them is unlike anything trained on; 0 (the default) is off.
 
     ``layers`` stacks that many GRU layers (Tan & Wang's CRN and NSNet2 use two): the
     second models time on the first's output rather than on the raw bottleneck.
@@ -483,18 +483,18 @@ def noise_floor(x: torch.Tensor, state: list[torch.Tensor] | None, decay: float,
 
 def input_gain(mag: torch.Tensor, state: list[torch.Tensor] | None, decay: float,
                target: float) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Per-frame gain [batch, 1, 1, frames] that raises ``mag`` [batch, 1, bins, frames] to
-    the mean power per bin ``target`` when its running level is below it: ``target`` over
-    the causal exponential mean of the frames' mean power (weights ``decay`` per frame, the
-    mean divided by the sum of its weights so it starts at the first frame), square-rooted,
-    at least 1 and at most ``MAX_BOOST_DB``. Streams with the two running sums as its state
-    (zeros at the start); returns the gains and the state after the last frame."""
+    """Per-frame gain [batch, 1, 1, frames] that brings the running level of ``mag`` [batch,
+    1, bins, frames] to the mean power per bin ``target``: ``target`` over the causal
+    exponential mean of the frames' mean power (weights ``decay`` per frame, the mean divided
+    by the sum of its weights so it starts at the first frame), square-rooted, within ±
+    ``MAX_GAIN_DB``. Streams with the two running sums as its state (zeros at the start);
+    returns the gains and the state after the last frame."""
     sums, weights = state if state is not None else (mag.new_zeros(mag.shape[0], 1, 1, 1),) * 2
     power = mag.float().square().mean(dim=2, keepdim=True)
     sums = running_mean(power, sums, decay)
     weights = running_mean(torch.ones_like(power), weights, decay)
-    level = (sums / weights).clamp(min=target * 10 ** (-MAX_BOOST_DB / 10))  # silence: the largest gain
-    gain = (target / level).clamp(min=1.0).sqrt()
+    limit = 10 ** (MAX_GAIN_DB / 10)  # silence gets the largest gain
+    gain = (target / (sums / weights).clamp(min=target / limit)).clamp(min=1 / limit).sqrt()
     return gain.to(mag.dtype), [sums[..., -1:], weights[..., -1:]]
 
 

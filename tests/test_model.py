@@ -155,36 +155,37 @@ def test_running_mean_is_the_exponential_average_from_its_start():
         build_model("crn", mean_norm_s=-1)
 
 
-def test_input_gain_raises_a_quiet_running_level_to_the_target_and_no_more():
+def test_input_gain_brings_the_running_level_to_the_target():
     # Frames of mean power 1, then 4; decay 0.5: the running level is 1, then (0.5·1 + 1·4) / 1.5 = 3.
     mag = torch.cat([torch.ones(1, 1, 5, 1), torch.full((1, 1, 5, 1), 2.0)], dim=-1)
     gain, (sums, weights) = input_gain(mag, None, 0.5, target=12.0)
     torch.testing.assert_close(gain.flatten(), torch.tensor([12.0 ** 0.5, 2.0]))
     torch.testing.assert_close(weights.flatten(), torch.tensor([0.75]))
-    # Carried on: (0.5·2.25 + 0.5·1) / 0.875 = 1.857, then 3: louder than the target.
+    # Carried on: (0.5·2.25 + 0.5·1) / 0.875 = 1.8571, then (0.5·1.625 + 0.5·4) / 0.9375 = 3: lowered.
     gain, _ = input_gain(mag, [sums, weights], 0.5, target=1.5)
-    torch.testing.assert_close(gain.flatten(), torch.tensor([1.0, 1.0]))
-    gain, _ = input_gain(torch.zeros(1, 1, 5, 3), None, 0.5, target=1.0)  # silence: the largest boost
-    torch.testing.assert_close(gain.flatten(), torch.full((3,), 10 ** (40 / 20)))
+    torch.testing.assert_close(gain.flatten(), torch.tensor([(1.5 / 1.8571428) ** 0.5, 0.5 ** 0.5]))
+    gain, _ = input_gain(torch.zeros(1, 1, 5, 3), None, 0.5, target=1.0)  # silence: the largest gain, 40 dB
+    torch.testing.assert_close(gain.flatten(), torch.full((3,), 100.0))
+    gain, _ = input_gain(torch.full((1, 1, 5, 2), 1e3), None, 0.5, target=1.0)  # 60 dB over: lowered by 40
+    torch.testing.assert_close(gain.flatten(), torch.full((2,), 0.01))
     for bad in (3.0, float("nan"), "loud", True):
         with pytest.raises(ValueError, match="level_db"):
             build_model("crn", level_db=bad)
 
 
-def test_level_db_makes_the_mask_of_quiet_input_independent_of_its_level():
-    """A recording 20 or 40 dB below the target gets the mask it would get at the target
-    (features are log magnitudes floored at LOG_EPS, so without it a quiet one loses its
-    quiet bins); input above the target is left as it is."""
+def test_level_db_makes_the_mask_independent_of_the_input_level():
+    """Input 18 dB below the target, 38 dB below or 2 dB above gets the mask it would get at
+    the target (features are log magnitudes floored at LOG_EPS, so without it a quiet one
+    loses its quiet bins and a loud one is unlike the training mixtures)."""
     torch.manual_seed(0)
     plain = build_model("crn", [8, 8, 8, 8], hidden=16, mean_norm_s=0.5).eval()
-    raised = build_model("crn", [8, 8, 8, 8], hidden=16, mean_norm_s=0.5, level_db=-10.0).eval()
-    raised.load_state_dict(plain.state_dict())
-    x = torch.rand(1, 1, 257, 120)  # about -28 dBFS: raised by 18 dB, and by 38 dB at a tenth
+    levelled = build_model("crn", [8, 8, 8, 8], hidden=16, mean_norm_s=0.5, level_db=-10.0).eval()
+    levelled.load_state_dict(plain.state_dict())
+    x = torch.rand(1, 1, 257, 120)  # about -28 dBFS
     with torch.no_grad():
-        torch.testing.assert_close(raised(x * 0.1), raised(x), atol=1e-5, rtol=0)
-        assert (plain(x * 0.1) - plain(x)).abs().max() > 0.01
-        loud = x * 10  # -8 dBFS: no gain
-        torch.testing.assert_close(raised(loud), plain(loud))
+        for gain in (0.1, 10.0):
+            torch.testing.assert_close(levelled(x * gain), levelled(x), atol=1e-5, rtol=0)
+            assert (plain(x * gain) - plain(x)).abs().max() > 0.01
 
 
 def test_noise_floor_is_a_soft_minimum_that_stays_under_speech():

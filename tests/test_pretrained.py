@@ -33,7 +33,7 @@ def test_enhance_without_model_uses_and_names_the_pretrained_model(tmp_path, cap
 
 
 def test_shipped_model_enhances_a_quiet_recording_as_a_louder_one():
-    """Its input is raised to -20 dBFS (``level_db``): at -30 and -55 dBFS it draws the same
+    """Its input is brought to -20 dBFS (``level_db``): at -30 and -55 dBFS it draws the same
     mask, where a network fed raw log magnitudes loses the quiet one's soft bins to the floor."""
     model, meta = load_model(default_model())
     assert meta["model_config"]["level_db"] == -20
