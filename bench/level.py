@@ -89,7 +89,10 @@ def main() -> None:
     if args.rnnoise and not metrics.rnnoise_available():
         raise SystemExit("--rnnoise: the rnnoise extra is not installed (pip install 'speech-enhance[rnnoise]')")
     for path in args.model:  # a bad option or file fails here, not in every worker
-        with_options(path, options)
+        try:
+            with_options(path, options)
+        except (OSError, ValueError) as err:
+            raise SystemExit(f"{path}: {err}") from None
     rows = [r for r in load_manifest(args.data) if r["split"] == args.split]
     if not rows:
         raise SystemExit(f"{args.data}: no {args.split} mixtures")
