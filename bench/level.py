@@ -91,7 +91,9 @@ def main() -> None:
     for path in args.model:  # a bad option or file fails here, not in every worker
         try:
             with_options(path, options)
-        except (OSError, ValueError) as err:
+        except OSError as err:  # it names the file
+            raise SystemExit(str(err)) from None
+        except ValueError as err:
             raise SystemExit(f"{path}: {err}") from None
     rows = [r for r in load_manifest(args.data) if r["split"] == args.split]
     if not rows:
