@@ -54,11 +54,11 @@ def score(paths: list[str], options: dict[str, float], gains_db: list[float], wi
     mix = render_row(row)
     reference, noisy = stft_roundtrip(mix.clean), np.asarray(mix.noisy, np.float32)
     out = {"mixture_id": int(row["mixture_id"]), "snr_db": float(row["snr_db"])}
+    methods = {p: (lambda x, m=_models[p]: enhance_array(m, x)) for p in paths}
+    if with_rnnoise:
+        methods["rnnoise"] = metrics.rnnoise
     for gain_db in gains_db:
         gain = 10.0 ** (gain_db / 20.0)
-        methods = {p: (lambda x, m=_models[p]: enhance_array(m, x)) for p in paths}
-        if with_rnnoise:
-            methods["rnnoise"] = metrics.rnnoise
         for name, method in methods.items():
             with torch.inference_mode():
                 enhanced = method(noisy * gain) / gain

@@ -467,35 +467,39 @@ def running_mean(x: torch.Tensor, start: torch.Tensor, decay: float, block: int 
     return (within + starts[..., None] * carry).flatten(-2)[..., :frames]
 
 
+def weighted_mean(x: torch.Tensor, state: list[torch.Tensor] | None,
+                  decay: float) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Causal exponential mean of ``x`` [..., values, frames] over its frames, older frames
+    weighted ``decay`` per frame and the sum divided by the sum of its weights, so it starts
+    at the first frame itself (:func:`running_mean` starts from zero). Both sums are running
+    means, so it costs two matrix products and streams with them as its state (zeros at the
+    start). Returns the mean at each frame and the state after the last."""
+    sums, weights = state if state is not None else (x.new_zeros(*x.shape[:-1], 1), x.new_zeros(*x.shape[:-2], 1, 1))
+    sums = running_mean(x, sums, decay)
+    weights = running_mean(torch.ones_like(x[..., :1, :]), weights, decay)
+    return sums / weights, [sums[..., -1:], weights[..., -1:]]
+
+
 def noise_floor(x: torch.Tensor, state: list[torch.Tensor] | None, decay: float,
                 softness: float = FLOOR_SOFTNESS) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Causal soft minimum of ``x`` [batch, 1, bins, frames] over its past, older frames
     weighted ``decay`` per frame: floor_t = -softness · log(Σ_k w_k exp(-x_k / softness) / Σ_k w_k),
-    w_k = decay^(t - k). Both sums are running means (:func:`running_mean`), so the floor costs
-    two matrix products, streams with the two sums as its state (zeros at the start) and
-    starts at the first frame itself. Returns the floor of each frame and the state after
-    the last."""
-    sums, weights = state if state is not None else (x.new_zeros(*x.shape[:3], 1), x.new_zeros(x.shape[0], 1, 1, 1))
-    sums = running_mean(torch.exp((-x / softness).clamp(max=FLOOR_MAX_EXP)), sums, decay)
-    weights = running_mean(torch.ones_like(x[:, :, :1]), weights, decay)
-    return -softness * torch.log(sums / weights), [sums[..., -1:], weights[..., -1:]]
+    w_k = decay^(t - k) (:func:`weighted_mean`). Returns the floor of each frame and the
+    state after the last."""
+    mean, state = weighted_mean(torch.exp((-x / softness).clamp(max=FLOOR_MAX_EXP)), state, decay)
+    return -softness * torch.log(mean), state
 
 
 def input_gain(mag: torch.Tensor, state: list[torch.Tensor] | None, decay: float,
                target: float) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Per-frame gain [batch, 1, 1, frames] that brings the running level of ``mag`` [batch,
     1, bins, frames] to the mean power per bin ``target``: ``target`` over the causal
-    exponential mean of the frames' mean power (weights ``decay`` per frame, the mean divided
-    by the sum of its weights so it starts at the first frame), square-rooted, within ±
-    ``MAX_GAIN_DB``. Streams with the two running sums as its state (zeros at the start);
-    returns the gains and the state after the last frame."""
-    sums, weights = state if state is not None else (mag.new_zeros(mag.shape[0], 1, 1, 1),) * 2
-    power = mag.float().square().mean(dim=2, keepdim=True)
-    sums = running_mean(power, sums, decay)
-    weights = running_mean(torch.ones_like(power), weights, decay)
+    exponential mean of the frames' mean power (:func:`weighted_mean`), square-rooted,
+    within ± ``MAX_GAIN_DB``. Returns the gains and the state after the last frame."""
+    level, state = weighted_mean(mag.float().square().mean(dim=2, keepdim=True), state, decay)
     limit = 10 ** (MAX_GAIN_DB / 10)  # silence gets the largest gain
-    gain = (target / (sums / weights).clamp(min=target / limit)).clamp(min=1 / limit).sqrt()
-    return gain.to(mag.dtype), [sums[..., -1:], weights[..., -1:]]
+    gain = (target / level.clamp(min=target / limit)).clamp(min=1 / limit).sqrt()
+    return gain.to(mag.dtype), state
 
 
 def cepstrum_matrix(low: int, high: int) -> torch.Tensor:
