@@ -32,14 +32,16 @@ from speech_enhance.pipeline.dataset import load_manifest, render_row
 
 
 class MaskAverage(nn.Module):
-    """The mean of several mask networks' masks (each sees the same noisy magnitudes)."""
+    """The mean of several mask networks' masks (each sees the same noisy magnitudes, and
+    the phase if it reads it)."""
 
     def __init__(self, models: list[nn.Module]):
         super().__init__()
         self.models = nn.ModuleList(models)
+        self.input_channels = max(m.input_channels for m in models)
 
-    def forward(self, noisy_mag: torch.Tensor) -> torch.Tensor:
-        return torch.stack([m(noisy_mag).float() for m in self.models]).mean(0)
+    def forward(self, noisy: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(noisy[:, :m.input_channels]).float() for m in self.models]).mean(0)
 
 
 _ensemble: MaskAverage | None = None

@@ -56,19 +56,20 @@ def main() -> None:
     tables, count = [], 0
     for path, _ in storage.list_files(split_dir(args.data, args.split), ".parquet"):  # same patches every run
         fs, inner = storage.filesystem(path)
-        table = pq.read_table(inner, filesystem=fs, columns=["snr_db", "noisy_mag", "clean_mag"])
+        table = pq.read_table(inner, filesystem=fs, columns=["snr_db", "noisy_mag", "clean_mag", "noisy_phase"])
         tables.append(table.filter(pc.less_equal(table["snr_db"], args.max_snr)))
         count += tables[-1].num_rows
         if count >= args.patches:
             break
-    noisy, clean = (t[: args.patches] for t in to_tensors(pa.concat_tables(tables))[:2])
+    noisy, clean, phase = (t[: args.patches] for t in to_tensors(pa.concat_tables(tables)))
     ideal = (clean / noisy.clamp_min(1e-8)).clamp(max=1)
     out = {"patches": len(noisy), "noisy": float(short_time_intelligibility(noisy, clean).mean()),
            "ideal_ratio_mask": scores(ideal, noisy, clean, args.smooth)}
     for path in args.model:
         model, _ = load_model(path)
         with torch.no_grad():
-            out[path] = scores(model(noisy), noisy, clean, args.smooth)
+            inputs = noisy if model.input_channels == 1 else torch.cat([noisy, phase], dim=1)
+            out[path] = scores(model(inputs), noisy, clean, args.smooth)
     print(json.dumps(out, indent=1))
 
 

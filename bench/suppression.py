@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from speech_enhance.model import metrics
-from speech_enhance.model.net import load_model
+from speech_enhance.model.net import load_model, network_input
 from speech_enhance.pipeline import dsp
 from speech_enhance.pipeline.dataset import load_manifest, render_row
 
@@ -73,7 +73,7 @@ def main() -> None:
         gains = {}
         with torch.no_grad():
             for path, model in models.items():
-                gains[path] = model(noisy[None, None])[0, 0]
+                gains[path] = model(network_input(model, spec[None]))[0, 0]
         for name, method in outputs.items():
             gains[name] = (dsp.stft(method(mix.noisy)).abs() / (noisy + 1e-8)).clamp(max=2.0)
         for name, gain in gains.items():

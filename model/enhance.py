@@ -24,6 +24,7 @@ import soxr
 import torch
 from torch import nn
 
+from speech_enhance.model.net import network_input
 from speech_enhance.pipeline import audio, dsp
 
 SEGMENT_SAMPLES = 1000 * dsp.HOP  # 8 s at 16 kHz per model call
@@ -65,8 +66,7 @@ def enhance_at_strengths(model: nn.Module, x: np.ndarray, strengths: list[float]
         signal = np.pad(signal, ((0, 0), (0, dsp.N_FFT - length)))
     specs = dsp.stft(signal)  # [channels, 257, frames]
     # The STFT is linear: the mono mix's spectrum is the mean of the channels' spectra.
-    mono_mag = specs.mean(dim=0).abs()
-    mask = model(mono_mag[None, None])[0, 0].float()
+    mask = model(network_input(model, specs.mean(dim=0)[None]))[0, 0].float()
     outputs = []
     for strength in strengths:
         out = dsp.istft(specs * (1.0 - strength * (1.0 - mask)), signal.shape[-1]).numpy()[:, :length]
@@ -133,7 +133,7 @@ class StreamingEnhancer:
         last = first + frames - 1 if final else min(end // dsp.HOP + 1, first + frames - 1)
         feed = min(last + self.delay, first + frames - 1)
         if feed >= self.next_frame or (final and self.delay):
-            mono = specs.mean(dim=0).abs()[None, None, :, self.next_frame - first : feed - first + 1]
+            mono = network_input(self.model, specs.mean(dim=0)[None, :, self.next_frame - first : feed - first + 1])
             if final:
                 mono = nn.functional.pad(mono, (0, self.delay))
             new, self.state = self.model.stream(mono, self.state)

@@ -57,11 +57,12 @@ METRIC_NAMES = {"si_sdr": "SI-SDR", "stoi": "STOI", "pesq": "PESQ"}  # in the re
 def patch_l1(data_dir: str | os.PathLike, split: str, model: nn.Module | None = None) -> float:
     """Mean L1 between Mask × Noisy and Clean magnitudes over every patch of a split;
     without a model, the identity mask (mask = 1, output = noisy input)."""
+    reads_phase = model is not None and getattr(model, "input_channels", 1) == 2
     if model is not None:
         model.eval()
     total, count = 0.0, 0
-    for noisy, clean in local_batches(data_dir, split):
-        enhanced = model(noisy) * noisy if model is not None else noisy
+    for noisy, clean, *phase in local_batches(data_dir, split, with_phase=reads_phase):
+        enhanced = model(torch.cat([noisy, *phase], dim=1)) * noisy if model is not None else noisy
         total += torch.sum(torch.abs(enhanced - clean)).item()
         count += clean.numel()
     return total / max(count, 1)

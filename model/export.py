@@ -1,7 +1,8 @@
 """ONNX export of a trained network, and an ONNX Runtime stand-in for it in `enhance`.
 
-The exported graph is the network only: noisy STFT magnitude [1, 1, 257, frames] in, mask
-out, with a dynamic frame count; the STFT and iSTFT stay outside, as every deployment
+The exported graph is the network only: noisy STFT magnitude [1, 1, 257, frames] in
+(``noisy_mag``; with the noisy phase in radians as a second channel, ``noisy_mag_phase``,
+for a network that reads it), mask out, with a dynamic frame count; the STFT and iSTFT stay outside, as every deployment
 has its own. A streaming network (``streamable``) is exported as one step of its stream:
 its state goes in and comes out as extra tensors (``state_i`` → ``next_state_i``), zeros
 at the start, so the same graph enhances a whole file in one call or a stream frame by
@@ -51,16 +52,17 @@ def export_onnx(model: MaskNet, path: str | os.PathLike, meta: dict | None = Non
     state = net.zero_state() if net.streamable else []
     names = [f"state_{i}" for i in range(len(state))]
     step = _Step(net).eval()  # a new module starts in training mode: BatchNorm must be frozen
-    example = torch.rand(1, 1, dsp.N_BINS, frames) + 0.01
+    example = torch.rand(1, net.input_channels, dsp.N_BINS, frames) + 0.01
+    source = "noisy_mag" if net.input_channels == 1 else "noisy_mag_phase"
     with warnings.catch_warnings():
         # The TorchScript-based exporter (dynamo=False) is deprecated in favour of torch.export,
         # which cannot yet trace these networks' recurrent streams; its warnings are noise here.
         warnings.simplefilter("ignore")
         buffer = io.BytesIO()
         torch.onnx.export(
-            step, (example, *state), buffer, input_names=["noisy_mag", *names],
+            step, (example, *state), buffer, input_names=[source, *names],
             output_names=["mask", *[f"next_{n}" for n in names]],
-            dynamic_axes={"noisy_mag": {3: "frames"}, "mask": {3: "frames"}}, opset_version=OPSET, dynamo=False,
+            dynamic_axes={source: {3: "frames"}, "mask": {3: "frames"}}, opset_version=OPSET, dynamo=False,
         )
     proto = onnx.load_from_string(buffer.getvalue())
     info = {"model_config": model_config(net), "sample_rate": dsp.SAMPLE_RATE,
@@ -99,6 +101,8 @@ class OnnxNet:
         # The declared context can depend on the config (a CRN's look-ahead): read it off the network.
         net = build_model(**self.meta["model_config"])
         self.name, self.past_frames, self.future_frames = net.name, net.past_frames, net.future_frames
+        self.input_channels = net.input_channels
+        self.input_name = self.session.get_inputs()[0].name
         self.streamable = bool(self.meta["state_shapes"])
         self._zero = [np.zeros(s, np.float32) for s in self.meta["state_shapes"]]
 
@@ -106,7 +110,7 @@ class OnnxNet:
         return self
 
     def _run(self, noisy_mag: torch.Tensor, state: list[np.ndarray]) -> tuple[torch.Tensor, list[np.ndarray]]:
-        feeds = {"noisy_mag": np.ascontiguousarray(noisy_mag.numpy(), dtype=np.float32)}
+        feeds = {self.input_name: np.ascontiguousarray(noisy_mag.numpy(), dtype=np.float32)}
         feeds.update({f"state_{i}": s for i, s in enumerate(state)})
         mask, *new = self.session.run(None, feeds)
         return torch.from_numpy(mask), new

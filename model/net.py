@@ -2,6 +2,8 @@
 
 Every network maps the noisy STFT magnitude [batch, 1, 257, frames] to a mask in [0, 1]
 of the same shape, and the enhanced magnitude is Mask × Noisy (the noisy phase is kept).
+A network that also reads the noisy phase (``input_channels`` 2) takes it in radians as a
+second input channel (:func:`network_input`); its output is the same magnitude mask.
 What a network sees: ``log(|X| + 1e-3)``, normalised by a parameter-free BatchNorm
 (running statistics of the training data, frozen at inference). Log compression turns
 the spread of recording levels into a shift and keeps quiet harmonics visible beside loud
@@ -60,6 +62,11 @@ class MaskNet(nn.Module):
     def widths(self) -> list[int]:
         return list(self._config["widths"])
 
+    @property
+    def input_channels(self) -> int:
+        """1: the noisy magnitude; 2: the magnitude and the noisy phase (:func:`network_input`)."""
+        return 1
+
     def features(self, noisy_mag: torch.Tensor) -> torch.Tensor:
         x = torch.log(noisy_mag + LOG_EPS)
         if self.training:
@@ -91,10 +98,20 @@ class MaskNet(nn.Module):
         was_training = self.training
         try:  # eval: the probe frame must not move BatchNorm's running statistics
             with torch.no_grad():
-                _, state = self.eval().stream(torch.ones(batch, 1, dsp.N_BINS, 1), None)
+                _, state = self.eval().stream(torch.ones(batch, self.input_channels, dsp.N_BINS, 1), None)
         finally:
             self.train(was_training)
         return [torch.zeros_like(t) for t in self.flat_state(state)]
+
+
+def network_input(model: nn.Module, spec: torch.Tensor) -> torch.Tensor:
+    """What ``model`` takes, [batch, channels, 257, frames], from complex STFT frames [batch,
+    257, frames]: the magnitude, and the phase (radians) as a second channel for a network
+    whose ``input_channels`` is 2."""
+    mag = spec.abs()[:, None]
+    if getattr(getattr(model, "module", model), "input_channels", 1) == 1:
+        return mag
+    return torch.cat([mag, spec.angle()[:, None]], dim=1)
 
 
 def register(cls: type[MaskNet]) -> type[MaskNet]:
@@ -295,6 +312,15 @@ class CRN(MaskNet):
     30 dB quieter than the training mixtures loses its quiet bins below the floor, and one
     louder than them is unlike anything trained on; 0 (the default) is off.
 
+    ``phase`` 1 also gives the network the noisy phase: two input channels, the cosine and
+    sine of each bin's phase advance from the previous frame less the advance of a sinusoid
+    at the bin's centre frequency (2π·k·hop / N_FFT). A steady harmonic advances its few bins
+    by the same amount frame after frame, in a pattern across them set by where it lies
+    between bins; noise advances them at random. So the phase says which bins hold a
+    harmonic even where noise is as loud, the cue a magnitude alone lacks at low SNR (the
+    phase-aware inputs of GTCRN and DeepFilterNet). The last frame's phase rides in the
+    stream state. The mask is still a magnitude mask.
+
     ``layers`` stacks that many GRU layers (Tan & Wang's CRN and NSNet2 use two): the
     second models time on the first's output rather than on the raw bottleneck.
 
@@ -309,12 +335,12 @@ class CRN(MaskNet):
     # Narrow first layers: they run at 129 and 65 bins, where most of the time goes.
     DEFAULT_WIDTHS = (8, 16, 32, 32)
     DEFAULTS = {"widths": list(DEFAULT_WIDTHS), "hidden": 192, "bands": 0, "mean_norm_s": 0.0, "lookahead": 0,
-                "floor_s": 0.0, "cepstrum": 0, "layers": 1, "fullres": 0, "level_db": 0.0}
+                "floor_s": 0.0, "cepstrum": 0, "layers": 1, "fullres": 0, "level_db": 0.0, "phase": 0}
     past_frames = math.inf
 
     def __init__(self, widths: tuple[int, ...] | list[int] = DEFAULT_WIDTHS, hidden: int = 192, bands: int = 0,
                  mean_norm_s: float = 0.0, lookahead: int = 0, floor_s: float = 0.0, cepstrum: int = 0,
-                 layers: int = 1, fullres: int = 0, level_db: float = 0.0):
+                 layers: int = 1, fullres: int = 0, level_db: float = 0.0, phase: int = 0):
         widths, hidden, bands = _positive("crn", widths, 4), int(hidden), int(bands)
         mean_norm_s, floor_s = _number("mean_norm_s", mean_norm_s), _number("floor_s", floor_s)
         if hidden < 1:
@@ -324,6 +350,7 @@ class CRN(MaskNet):
                            f"a whole number of frames from 0 to {MAX_LOOKAHEAD}")
         cepstrum = _whole("cepstrum", cepstrum, 0, 1, "0 (off) or 1 (on)")
         fullres = _whole("fullres", fullres, 0, math.inf, "a whole number of channels ≥ 0 (0: off)")
+        phase = _whole("phase", phase, 0, 1, "0 (off) or 1 (on)")
         level_db = _number("level_db", level_db)
         if not (math.isfinite(level_db) and level_db <= 0):
             raise ValueError(f"crn level_db must be 0 (off) or a level in dBFS below 0, e.g. -20; got {level_db}")
@@ -331,8 +358,11 @@ class CRN(MaskNet):
         decay, floor_decay = _frame_decay("mean_norm_s", mean_norm_s), _frame_decay("floor_s", floor_s)
         if bands and (bands < 33 or (bands - 1) % 16):  # four halvings, then the decoder's 2F - 1
             raise ValueError(f"crn bands must be 0 (all {dsp.N_BINS} bins) or 16k + 1 ≥ 33, e.g. 129; got {bands}")
+        if phase and bands:
+            raise ValueError("crn phase reads the phase of each of the 257 bins: it cannot be used with bands")
         super().__init__(widths=widths, hidden=hidden, bands=bands, mean_norm_s=mean_norm_s, lookahead=lookahead,
-                         floor_s=floor_s, cepstrum=cepstrum, layers=layers, fullres=fullres, level_db=level_db)
+                         floor_s=floor_s, cepstrum=cepstrum, layers=layers, fullres=fullres, level_db=level_db,
+                         phase=phase)
         self.decay, self.floor_decay = decay, floor_decay
         # The target as mean power per bin: the STFT of white noise of power P has P·Σw² (3/8 N_FFT, Hann).
         self.level_power = 10 ** (level_db / 10) * 3 / 8 * dsp.N_FFT if level_db else 0.0
@@ -343,7 +373,7 @@ class CRN(MaskNet):
             self.register_buffer("to_bands", (to_bins / to_bins.sum(0)).T.contiguous(), persistent=False)
         levels = [fullres, *widths] if fullres else widths
         strides = [1] * bool(fullres) + [2] * len(widths)  # the full-resolution layer keeps its bins
-        chans = [1 + bool(mean_norm_s) + bool(floor_s), *levels]
+        chans = [1 + bool(mean_norm_s) + bool(floor_s) + 2 * phase, *levels]
         self.encoder = nn.ModuleList(_CausalDown(a, b, k) for a, b, k in zip(chans[:-1], chans[1:], strides,
                                                                              strict=True))
         bottleneck = widths[-1] * (((bands or dsp.N_BINS) - 1) // 16 + 1)  # 257 → 17 bins, 129 → 9
@@ -362,6 +392,10 @@ class CRN(MaskNet):
         return True
 
     @property
+    def input_channels(self) -> int:
+        return 1 + self._config["phase"]
+
+    @property
     def future_frames(self) -> int:
         return self._config["lookahead"]
 
@@ -370,14 +404,20 @@ class CRN(MaskNet):
 
     def stream(self, noisy_mag: torch.Tensor, state: object | None) -> tuple[torch.Tensor, object]:
         """One mask per input frame, ``lookahead`` frames late (see the class docstring)."""
-        caches, hidden, mean, floor, loudness = (state if state is not None
-                                                 else ([None] * len(self.encoder), None, None, None, None))
+        caches, hidden, mean, floor, loudness, last_phase = (
+            state if state is not None else ([None] * len(self.encoder), None, None, None, None, None))
+        advance = None
+        if self._config["phase"]:
+            noisy_mag, phase = noisy_mag[:, :1], noisy_mag[:, 1:]
+            advance, last_phase = phase_advance(phase, last_phase)
         if self.level_power:
             gain, loudness = input_gain(noisy_mag, loudness, self.level_decay, self.level_power)
             noisy_mag = noisy_mag * gain
         bands = self._config["bands"]
         x = self.features(self.to_bands @ noisy_mag if bands else noisy_mag)
         channels = [x]
+        if advance is not None:
+            channels += [torch.cos(advance).to(x.dtype), torch.sin(advance).to(x.dtype)]
         if self.decay:
             mean = running_mean(x, x.new_zeros(*x.shape[:3], 1) if mean is None else mean, self.decay)
             channels.append(x - mean)
@@ -398,19 +438,21 @@ class CRN(MaskNet):
         seq, hidden = self.rnn(seq.transpose(1, 2), hidden)
         x = self.project(seq).transpose(1, 2).reshape(b, c, f, t)
         mask = self.decoder(x, skips)
-        return (self.to_bins @ mask if bands else mask), (new_caches, hidden, mean, floor, loudness)
+        return (self.to_bins @ mask if bands else mask), (new_caches, hidden, mean, floor, loudness, last_phase)
 
     def flat_state(self, state: object) -> list[torch.Tensor]:
-        caches, hidden, mean, floor, loudness = state
+        caches, hidden, mean, floor, loudness, last_phase = state
         return [*caches, hidden, *([mean] if self.decay else []), *(floor if self.floor_decay else []),
-                *(loudness if self.level_power else [])]
+                *(loudness if self.level_power else []), *([last_phase] if self._config["phase"] else [])]
 
     def unflat_state(self, tensors: list[torch.Tensor]) -> object:
         n = len(self.encoder)
         rest = list(tensors[n + 1:])
         mean = rest.pop(0) if self.decay else None
         floor = [rest.pop(0), rest.pop(0)] if self.floor_decay else None
-        return list(tensors[:n]), tensors[n], mean, floor, (rest if self.level_power else None)
+        loudness = [rest.pop(0), rest.pop(0)] if self.level_power else None
+        last_phase = rest.pop(0) if self._config["phase"] else None
+        return list(tensors[:n]), tensors[n], mean, floor, loudness, last_phase
 
 
 def _number(option: str, value: object) -> float:
@@ -502,6 +544,17 @@ def input_gain(mag: torch.Tensor, state: list[torch.Tensor] | None, decay: float
     return gain.to(mag.dtype), state
 
 
+def phase_advance(phase: torch.Tensor, last: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each bin's phase advance from the frame before, less the 2π·k·hop / N_FFT by which a
+    sinusoid at bin k's centre advances (radians, not wrapped), for ``phase`` [batch, 1,
+    bins, frames]; the frame before the first is ``last`` (zeros at the start of a stream).
+    Returns it and the last frame's phase, the state for the next call."""
+    phase = phase.float()
+    before = torch.cat([phase.new_zeros(*phase.shape[:3], 1) if last is None else last, phase[..., :-1]], dim=3)
+    centre = torch.arange(phase.shape[2], device=phase.device, dtype=phase.dtype) * (2 * math.pi * dsp.HOP / dsp.N_FFT)
+    return phase - before - centre[:, None], phase[..., -1:]
+
+
 def cepstrum_matrix(low: int, high: int) -> torch.Tensor:
     """[high - low, 257]: the real cepstrum at lags ``low`` to ``high`` - 1 samples of a
     frame's log magnitude over the 257 bins (the DCT-I: a cosine of period N_FFT / lag bins
@@ -529,12 +582,13 @@ class BandCRN(CRN):
 
     name = "crn_erb"
     DEFAULTS = {"widths": list(CRN.DEFAULT_WIDTHS), "hidden": 256, "bands": 129, "mean_norm_s": 0.0, "lookahead": 0,
-                "floor_s": 0.0, "cepstrum": 0, "layers": 1, "fullres": 0, "level_db": 0.0}
+                "floor_s": 0.0, "cepstrum": 0, "layers": 1, "fullres": 0, "level_db": 0.0, "phase": 0}
 
     def __init__(self, widths: tuple[int, ...] | list[int] = CRN.DEFAULT_WIDTHS, hidden: int = 256,
                  bands: int = 129, mean_norm_s: float = 0.0, lookahead: int = 0, floor_s: float = 0.0,
-                 cepstrum: int = 0, layers: int = 1, fullres: int = 0, level_db: float = 0.0):
-        super().__init__(widths, hidden, bands, mean_norm_s, lookahead, floor_s, cepstrum, layers, fullres, level_db)
+                 cepstrum: int = 0, layers: int = 1, fullres: int = 0, level_db: float = 0.0, phase: int = 0):
+        super().__init__(widths, hidden, bands, mean_norm_s, lookahead, floor_s, cepstrum, layers, fullres, level_db,
+                         phase)
 
 
 def _architecture(arch: str) -> type[MaskNet]:
@@ -593,7 +647,7 @@ def complexity(model: nn.Module, seconds: float = 1.0) -> dict:
     try:
         model.eval()
         with torch.no_grad():
-            model(torch.rand(1, 1, dsp.N_BINS, frames))
+            model(torch.rand(1, model.input_channels, dsp.N_BINS, frames))
     finally:
         for hook in hooks:
             hook.remove()

@@ -125,6 +125,7 @@ def _run_epoch(model, batches, device, optimizer=None, amp=False,  # noqa: ANN00
     ``ema``: the weights' moving average, updated after every step."""
     training = optimizer is not None
     model.train(training)
+    reads_phase = getattr(model, "module", model).input_channels == 2
     loss_sum, patches = 0.0, 0.0
     iterator = iter(batches)
     for step in itertools.count():
@@ -135,8 +136,9 @@ def _run_epoch(model, batches, device, optimizer=None, amp=False,  # noqa: ANN00
         if (_any_rank(batch is None, device) if uneven else batch is None):
             break
         noisy, clean, *phase = (t.to(device, non_blocking=True) for t in batch)
+        inputs = torch.cat([noisy, phase[0]], dim=1) if reads_phase else noisy
         with torch.set_grad_enabled(training), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            mask = model(noisy)
+            mask = model(inputs)
         loss = loss_fn(mask.float() * noisy, clean, phase[0] if phase else None, noisy)
         if training:
             optimizer.zero_grad(set_to_none=True)
@@ -215,7 +217,7 @@ def train_loop_per_worker(config: dict) -> dict | None:
 
     sequence = config.get("sequence", 1)
     world = context.get_world_size()
-    names = columns(loss_fn.needs_phase, sequence)
+    names = columns(loss_fn.needs_phase or getattr(model, "module", model).input_channels == 2, sequence)
     pieces = {split: split_pieces(config["data"], split) for split in ("train", "val")}
     limit = config.get("time_limit")
     for epoch in range(state["epoch"] + 1, config["epochs"] + 1):

@@ -196,7 +196,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     model, meta = load_model(args.model)
     export_onnx(model, args.onnx, meta)
     # Check what was written: ONNX Runtime's mask against PyTorch's on random input.
-    mag = torch.rand(1, 1, 257, 200) * 2
+    mag = torch.rand(1, model.input_channels, 257, 200) * 2
     with torch.no_grad():
         error = float((OnnxNet(args.onnx)(mag) - model(mag)).abs().max())
     print(f"wrote {args.onnx} ({Path(args.onnx).stat().st_size / 2**20:.1f} MiB, {meta['model_config']['arch']}); "

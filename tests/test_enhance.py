@@ -20,7 +20,8 @@ def model():
     return m.eval()
 
 
-@pytest.mark.parametrize(("arch", "options"), [(a, {}) for a in sorted(ARCHITECTURES)] + [("crn", {"lookahead": 3})])
+@pytest.mark.parametrize(("arch", "options"), [(a, {}) for a in sorted(ARCHITECTURES)]
+                         + [("crn", {"lookahead": 3}), ("crn", {"phase": 1})])
 @pytest.mark.parametrize("block", [7000, 333])
 def test_chunked_streaming_equals_whole_file(arch, options, block):
     """Each architecture, chunked with the context it declares (a recurrent one carrying
@@ -28,7 +29,7 @@ def test_chunked_streaming_equals_whole_file(arch, options, block):
     torch.manual_seed(0)
     net = build_model(arch, **options)
     net.train()
-    net(torch.rand(2, 1, 257, 64) * 5)  # non-trivial BatchNorm statistics
+    net(torch.rand(2, net.input_channels, 257, 64) * 5)  # non-trivial BatchNorm statistics
     net.eval()
     x = (0.1 * np.random.default_rng(0).standard_normal((2, 16000 * 3 + 77))).astype(np.float32)
     whole = enhance_array(net, x, strength=0.9)

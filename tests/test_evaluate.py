@@ -7,12 +7,14 @@ import pytest
 import torch
 
 from speech_enhance.model import build_model, metrics, save_model
+from speech_enhance.model.data import local_batches
 from speech_enhance.model.evaluate import (
     LIMITED_STRENGTH,
     METHODS,
     choose_strength,
     evaluate,
     paired_differences,
+    patch_l1,
     strength_for_evaluation,
 )
 from speech_enhance.pipeline.dataset import load_manifest
@@ -52,6 +54,17 @@ def test_evaluation_uses_the_strength_saved_in_the_model_file(tmp_path):
     choice = {"strength": 0.7, "split": "val", "mixtures": 5, "stoi_delta": {"1.0": -0.02, "0.7": 0.01}}
     used = strength_for_evaluation(None, {"strength": 0.7, "strength_choice": choice}, str(tmp_path))
     assert used == {**choice, "source": "model file"}  # taken as saved: no dataset read, no model run
+
+
+def test_patch_l1_gives_a_network_that_reads_the_phase_the_patches_phase(tiny_dataset):
+    torch.manual_seed(0)
+    model = build_model("crn", [8, 8, 8, 8], hidden=16, phase=1).eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for noisy, clean, phase in local_batches(tiny_dataset, "val", with_phase=True):
+            total += float((model(torch.cat([noisy, phase], dim=1)) * noisy - clean).abs().sum())
+            count += clean.numel()
+    assert count and patch_l1(tiny_dataset, "val", model) == pytest.approx(total / count, rel=1e-5)
 
 
 def test_evaluation_without_a_saved_strength_or_validation_split_falls_back(tmp_path, monkeypatch):

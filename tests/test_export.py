@@ -28,7 +28,7 @@ def _trained_like(arch: str, **options: object) -> torch.nn.Module:
     torch.manual_seed(0)
     net = build_model(arch, **options)
     net.train()
-    net(torch.rand(2, 1, 257, 64) * 5)  # non-trivial BatchNorm statistics
+    net(torch.rand(2, net.input_channels, 257, 64) * 5)  # non-trivial BatchNorm statistics
     return net.eval()
 
 
@@ -71,6 +71,20 @@ def test_streaming_network_streams_through_onnx_with_its_state(mean_norm_s, look
     stream = StreamingEnhancer(runtime, 1, segment=128)
     out = np.concatenate([stream.push(x[None, i:i + 128]) for i in range(0, len(x), 128)] + [stream.finish()], 1)
     np.testing.assert_allclose(out[0], enhance_array(net, x), atol=1e-4)
+
+
+def test_a_network_that_reads_the_phase_takes_it_through_onnx_and_streams():
+    net = _trained_like("crn", mean_norm_s=0.5, fullres=4, level_db=-20.0, phase=1)
+    runtime = OnnxNet(export_onnx(net, None))
+    assert runtime.input_channels == 2 and runtime.input_name == "noisy_mag_phase"
+    x = torch.cat([torch.rand(1, 1, 257, 301) * 3, (torch.rand(1, 1, 257, 301) - 0.5) * 6], dim=1)
+    with torch.no_grad():
+        np.testing.assert_allclose(runtime(x).numpy(), net(x).numpy(), atol=1e-4)
+    audio = _noisy_speech(2.0)
+    stream = StreamingEnhancer(runtime, 1, segment=128)
+    out = np.concatenate([stream.push(audio[None, i:i + 128]) for i in range(0, len(audio), 128)]
+                         + [stream.finish()], 1)
+    np.testing.assert_allclose(out[0], enhance_array(net, audio), atol=1e-4)
 
 
 @pytest.mark.parametrize("block", [128, 50])

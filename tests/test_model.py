@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -12,9 +13,11 @@ from speech_enhance.model.net import (
     complexity,
     input_gain,
     noise_floor,
+    phase_advance,
     running_mean,
 )
 from speech_enhance.model.train import early_stopping_update
+from speech_enhance.pipeline import dsp
 
 
 def test_default_architecture_is_pinned():
@@ -130,6 +133,51 @@ def test_the_crn_streams_chunk_by_chunk_as_it_runs_whole(mean_norm_s, lookahead,
     streamed = torch.cat(parts, dim=-1)
     assert streamed.shape[-1] == 150 + lookahead
     torch.testing.assert_close(streamed[..., lookahead:], whole, atol=1e-6, rtol=0)
+
+
+def test_phase_advance_is_still_at_a_harmonics_bin_and_a_quarter_turn_beside_it():
+    """A 1250 Hz tone lies at bin 40's centre: its phase there advances as the bin's does
+    (0 left over), and by a quarter turn less or more than bins 41 and 39 advance."""
+    spec = dsp.stft(np.sin(2 * np.pi * 1250 * np.arange(16000) / 16000).astype(np.float32))
+    phase = spec.angle()[None, None]
+    advance, last = phase_advance(phase, None)
+    inner = advance[0, 0, :, 5:-5]  # away from the reflect-padded ends
+    for k, expected in ((39, math.pi / 2), (40, 0.0), (41, -math.pi / 2)):
+        torch.testing.assert_close(torch.cos(inner[k]), torch.full_like(inner[k], math.cos(expected)), atol=1e-4,
+                                   rtol=0)
+        torch.testing.assert_close(torch.sin(inner[k]), torch.full_like(inner[k], math.sin(expected)), atol=1e-4,
+                                   rtol=0)
+    # Carried across calls: the second half's first advance starts from the first half's last phase.
+    first, state = phase_advance(phase[..., :60], None)
+    second, state = phase_advance(phase[..., 60:], state)
+    torch.testing.assert_close(torch.cat([first, second], dim=-1), advance)
+    torch.testing.assert_close(state, last)
+
+
+@pytest.mark.parametrize(("lookahead", "level_db"), [(0, 0.0), (2, -20.0)])
+def test_a_crn_that_reads_the_phase_streams_as_it_runs_whole_and_uses_it(lookahead, level_db):
+    torch.manual_seed(0)
+    model = build_model("crn", [8, 8, 8, 8], hidden=16, mean_norm_s=0.5, fullres=4, lookahead=lookahead,
+                        level_db=level_db, phase=1).eval()
+    assert model.input_channels == 2
+    assert len(model.zero_state()) == 5 + 1 + 1 + 2 * bool(level_db) + 1  # the last frame's phase
+    x = torch.cat([torch.rand(2, 1, 257, 150), (torch.rand(2, 1, 257, 150) - 0.5) * 2 * math.pi], dim=1)
+    with torch.no_grad():
+        whole, state, parts = model(x), None, []
+        for start in range(0, 150, 7):
+            mask, state = model.stream(x[..., start:start + 7], state)
+            parts.append(mask)
+        if lookahead:
+            parts.append(model.stream(torch.zeros(2, 2, 257, lookahead), state)[0])
+        other_phase = model(torch.cat([x[:, :1], x[:, 1:].flip(-1)], dim=1))
+    torch.testing.assert_close(torch.cat(parts, dim=-1)[..., lookahead:], whole, atol=1e-6, rtol=0)
+    assert whole.shape == (2, 1, 257, 150) and (other_phase - whole).abs().max() > 1e-3
+    for bad in (2, -1, 0.5, "on"):
+        with pytest.raises(ValueError, match="phase"):
+            build_model("crn", phase=bad)
+    for arch, options in (("crn", {"bands": 129}), ("crn_erb", {})):
+        with pytest.raises(ValueError, match="phase .* bands"):
+            build_model(arch, phase=1, **options)
 
 
 def test_crn_lookahead_is_checked():

@@ -101,13 +101,15 @@ def test_ema_model_averages_the_weights_and_batchnorm_statistics():
 @pytest.mark.parametrize("arch, loss, limit", [
     ("unet", "cmag_mse", ["--workers", "2", "--sequence", "2"]),
     ("crn", "cmag_mse_sisdr", ["--epochs", "3", "--time-limit", "1e-4", "--workers", "2", "--precision", "bf16",
-                               "--compile"])])
+                               "--compile"]),
+    ("crn", "cmag_mse", ["--model-option", "phase=1"])])
 def test_each_new_architecture_trains_an_epoch_through_the_cli_with_its_default_widths(
         tiny_dataset, tmp_path, arch, loss, limit):
     """(The CRN's run also stops at its --time-limit: after the first epoch of three. The
     U-Net's trains on pairs of patches with two workers, whose shards then hold different
     numbers of pairs: both must stop together at the end of the epoch, or DDP hangs. The
-    CRN's also trains compiled under DDP in bf16 on the CPU, and its model file must load.)"""
+    CRN's also trains compiled under DDP in bf16 on the CPU, and its model file must load.
+    A CRN that reads the phase gets it from the dataset though its loss does not need it.)"""
     from speech_enhance.cli import main
     from speech_enhance.model.net import ARCHITECTURES
 
@@ -117,7 +119,8 @@ def test_each_new_architecture_trains_an_epoch_through_the_cli_with_its_default_
     history = _history(run)
     assert len(history) == 1 and float(history[0]["patches_per_s"]) > 0 and float(history[0]["val_loss"]) > 0
     model, meta = load_model(run / BEST_MODEL)
-    assert meta["model_config"] == {"arch": arch, **ARCHITECTURES[arch].DEFAULTS}
+    phase = {"phase": 1} if "phase=1" in limit else {}
+    assert meta["model_config"] == {"arch": arch, **ARCHITECTURES[arch].DEFAULTS, **phase}
     results = json.loads((run / "results.json").read_text())
     assert results["loss"] == loss and results["model_size"]["parameters"] == sum(
         p.numel() for p in model.parameters())
