@@ -2,8 +2,8 @@
 
 The exported graph is the network only: noisy STFT magnitude [1, 1, 257, frames] in
 (``noisy_mag``; with the noisy phase in radians as a second channel, ``noisy_mag_phase``,
-for a network that reads it), mask out, with a dynamic frame count; the STFT and iSTFT stay outside, as every deployment
-has its own. A streaming network (``streamable``) is exported as one step of its stream:
+for a network that reads it), mask out, with a dynamic frame count; the STFT and iSTFT
+stay outside, as every deployment has its own. A streaming network (``streamable``) is exported as one step of its stream:
 its state goes in and comes out as extra tensors (``state_i`` → ``next_state_i``), zeros
 at the start, so the same graph enhances a whole file in one call or a stream frame by
 frame. A network with look-ahead (``model_config["lookahead"]`` frames) gives each mask
