@@ -104,14 +104,18 @@ class MaskNet(nn.Module):
         return [torch.zeros_like(t) for t in self.flat_state(state)]
 
 
+def reads_phase(model: object) -> bool:
+    """True for a network (or its DDP or compiled wrapper, or its ONNX stand-in) that takes
+    the noisy phase as a second input channel (``input_channels`` 2)."""
+    return getattr(getattr(model, "module", model), "input_channels", 1) == 2
+
+
 def network_input(model: nn.Module, spec: torch.Tensor) -> torch.Tensor:
     """What ``model`` takes, [batch, channels, 257, frames], from complex STFT frames [batch,
     257, frames]: the magnitude, and the phase (radians) as a second channel for a network
-    whose ``input_channels`` is 2."""
+    that reads it (:func:`reads_phase`)."""
     mag = spec.abs()[:, None]
-    if getattr(getattr(model, "module", model), "input_channels", 1) == 1:
-        return mag
-    return torch.cat([mag, spec.angle()[:, None]], dim=1)
+    return torch.cat([mag, spec.angle()[:, None]], dim=1) if reads_phase(model) else mag
 
 
 def register(cls: type[MaskNet]) -> type[MaskNet]:
