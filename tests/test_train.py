@@ -98,6 +98,21 @@ def test_ema_model_averages_the_weights_and_batchnorm_statistics():
     torch.testing.assert_close(ema.module.input_norm.running_mean, model.input_norm.running_mean / 2)
 
 
+def test_bf16_on_a_cpu_without_it_is_warned_of_and_nowhere_else():
+    from speech_enhance.model.train import cpu_has_bf16, precision_warning
+
+    amd = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n\nprocessor\t: 1\nflags\t\t: fpu sse2 avx2 avx512f\n"
+    assert cpu_has_bf16(amd) is False
+    assert cpu_has_bf16("flags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile\n") is True
+    assert cpu_has_bf16("Features\t: fp asimd sve bf16 i8mm\n") is True  # Arm
+    assert cpu_has_bf16("processor\t: 0\n") is None  # no flags line: cannot tell
+    assert "leave it out" in precision_warning("bf16", use_gpu=False, has_bf16=False)
+    assert precision_warning("bf16", use_gpu=False, has_bf16=True) is None
+    assert precision_warning("bf16", use_gpu=True, has_bf16=False) is None
+    assert precision_warning("bf16", use_gpu=False, has_bf16=None) is None
+    assert precision_warning("auto", use_gpu=False, has_bf16=False) is None
+
+
 @pytest.mark.parametrize("arch, loss, limit", [
     ("unet", "cmag_mse", ["--workers", "2", "--sequence", "2"]),
     ("crn", "cmag_mse_sisdr", ["--epochs", "3", "--time-limit", "1e-4", "--workers", "2", "--precision", "bf16",

@@ -1,0 +1,94 @@
+"""Does reshaping a model's mask at inference trade speech for noise in STOI's favour?
+
+A mask network trained with an over-suppression penalty keeps speech and leaves noise where
+it is unsure (`bench/suppression.py`). Deeper suppression of the low mask values, after the
+network, is the classical answer: the post-filter of PercepNet, CRUSE and DeepFilterNet,
+g' = (1 + b) g / (1 + b / sin²(πg/2)), which leaves g = 1 alone and pushes small gains down,
+or a plain power g' = g^p. Each mixture of a split is rendered again from the dataset's
+manifest, the network runs once, and every shape is scored on the same mask.
+
+    python bench/mask_shape.py --data DATA --model FILE [--split val] [--out per_mixture.json]
+
+Prints JSON: per shape, the mean PESQ, STOI and SI-SDR, and the paired difference from the
+mask as is (mean ± standard error), overall and per SNR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import numpy as np
+import torch
+
+from speech_enhance.model import metrics
+from speech_enhance.model.evaluate import stft_roundtrip
+from speech_enhance.model.net import load_model, network_input
+from speech_enhance.pipeline import dsp
+from speech_enhance.pipeline.dataset import load_manifest, render_row
+
+METRICS = ("pesq", "stoi", "si_sdr")
+
+
+def post_filter(gain: torch.Tensor, beta: float) -> torch.Tensor:
+    """PercepNet's post-filter (Valin et al., 2020), as CRUSE and DeepFilterNet apply it."""
+    sin2 = torch.sin(math.pi * gain / 2).square().clamp_min(1e-12)
+    return (1 + beta) * gain / (1 + beta / sin2)
+
+
+SHAPES = {
+    "identity": lambda g: g,
+    **{f"postfilter_{b}": (lambda g, b=b: post_filter(g, b)) for b in (0.02, 0.05, 0.1)},
+    **{f"power_{p}": (lambda g, p=p: g.pow(p)) for p in (1.25, 1.5, 2.0)},
+}
+
+
+def _paired(values: list[float]) -> dict[str, float]:
+    x = np.asarray([v for v in values if math.isfinite(v)])
+    return {"mean": float(x.mean()), "se": float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else math.nan}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--limit", type=int, default=0, help="only the first N mixtures (0: all)")
+    parser.add_argument("--out", help="write the per-mixture scores here")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    model, _ = load_model(args.model)
+    rows = [r for r in load_manifest(args.data) if r["split"] == args.split]
+    rows = rows[: args.limit] if args.limit else rows
+    per_mixture = []
+    for row in rows:
+        mix = render_row(row)
+        spec = dsp.stft(mix.noisy)
+        with torch.no_grad():
+            mask = model(network_input(model, spec[None]))[0, 0].float()
+        reference = stft_roundtrip(mix.clean)
+        scores = {"snr_db": float(row["snr_db"])}
+        for name, shape in SHAPES.items():
+            out = dsp.istft(spec * shape(mask), len(mix.noisy)).numpy()
+            scores.update({f"{name}.{m}": v for m, v in metrics.all_metrics(reference, out).items()})
+        per_mixture.append(scores)
+    summary = {}
+    for name in SHAPES:
+        entry = {m: float(np.nanmean([r[f"{name}.{m}"] for r in per_mixture])) for m in METRICS}
+        entry["minus_identity"] = {m: _paired([r[f"{name}.{m}"] - r[f"identity.{m}"] for r in per_mixture])
+                                   for m in METRICS}
+        entry["stoi_minus_identity_by_snr"] = {
+            snr: _paired([r[f"{name}.stoi"] - r["identity.stoi"] for r in per_mixture if r["snr_db"] == snr])["mean"]
+            for snr in sorted({r["snr_db"] for r in per_mixture})}
+        summary[name] = entry
+    print(json.dumps({"model": args.model, "split": args.split, "mixtures": len(per_mixture)}))
+    for name, entry in summary.items():  # one line per shape
+        print(json.dumps({"shape": name, **entry}))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(per_mixture, f)
+
+
+if __name__ == "__main__":
+    main()
