@@ -40,7 +40,7 @@ def post_filter(gain: torch.Tensor, beta: float) -> torch.Tensor:
 SHAPES = {
     "identity": lambda g: g,
     **{f"postfilter_{b}": (lambda g, b=b: post_filter(g, b)) for b in (0.02, 0.05, 0.1)},
-    **{f"power_{p}": (lambda g, p=p: g.pow(p)) for p in (1.25, 1.5, 2.0)},
+    **{f"power_{p}": (lambda g, p=p: g.pow(p)) for p in (0.8, 1.25, 1.5, 2.0)},
 }
 
 

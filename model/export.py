@@ -8,8 +8,8 @@ its state goes in and comes out as extra tensors (``state_i`` → ``next_state_i
 at the start, so the same graph enhances a whole file in one call or a stream frame by
 frame. A network with look-ahead (``model_config["lookahead"]`` frames) gives each mask
 that many frames late: feed that many frames of zero magnitude at the end to flush it.
-The model's settings (architecture, STFT, default strength) ride along as ONNX metadata
-(``speech_enhance``, JSON).
+The model's settings (architecture, STFT, default strength, post-filter) ride along as ONNX
+metadata (``speech_enhance``, JSON); the post-filter is part of the graph.
 """
 
 from __future__ import annotations
@@ -23,7 +23,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from speech_enhance.model.net import MaskNet, build_model, load_model, model_config, stream_whole
+from speech_enhance.model.net import (
+    MaskNet,
+    build_model,
+    check_post_filter,
+    load_model,
+    model_config,
+    stream_whole,
+)
 from speech_enhance.pipeline import dsp
 
 OPSET = 18
@@ -67,7 +74,7 @@ def export_onnx(model: MaskNet, path: str | os.PathLike, meta: dict | None = Non
     proto = onnx.load_from_string(buffer.getvalue())
     info = {"model_config": model_config(net), "sample_rate": dsp.SAMPLE_RATE,
             "stft": {"n_fft": dsp.N_FFT, "hop": dsp.HOP, "window": "hann"},
-            "state_shapes": [list(t.shape) for t in state],
+            "state_shapes": [list(t.shape) for t in state], "post_filter": float(net.post_filter),
             **{k: v for k, v in (meta or {}).items() if k in ("strength", "epoch", "val_loss")}}
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(info)
@@ -102,6 +109,7 @@ class OnnxNet:
         net = build_model(**self.meta["model_config"])
         self.name, self.past_frames, self.future_frames = net.name, net.past_frames, net.future_frames
         self.input_channels = net.input_channels
+        self.post_filter = float(self.meta.get("post_filter", 0.0))  # in the graph; read here to report it
         self.input_name = self.session.get_inputs()[0].name
         self.streamable = bool(self.meta["state_shapes"])
         self._zero = [np.zeros(s, np.float32) for s in self.meta["state_shapes"]]
@@ -124,26 +132,38 @@ class OnnxNet:
         return self._run(noisy_mag, self._zero if state is None else state)
 
 
-def load_backend(path: str | os.PathLike, backend: str = "torch", threads: int | None = None) -> tuple[object, dict]:
+def load_backend(path: str | os.PathLike, backend: str = "torch", threads: int | None = None,
+                 post_filter: float | None = None) -> tuple[object, dict]:
     """The model at ``path`` (a model file, or a ``.onnx`` file for the onnx backend) ready
     for `enhance` on ``backend`` (torch | onnx), and its metadata; a top-level function, so
-    that worker processes can be handed it."""
+    that worker processes can be handed it. ``post_filter`` replaces the file's β (None: keep it)."""
     if backend == "onnx":
-        return load_onnx_or_export(path, threads)
+        return load_onnx_or_export(path, threads, post_filter)
     if backend != "torch":
         raise ValueError(f"--backend must be torch or onnx, got {backend!r}")
     if str(path).endswith(".onnx"):
         raise ValueError(f"{path}: an ONNX file runs with --backend onnx")
     if threads:
         torch.set_num_threads(threads)
-    return load_model(path)
+    return _with_post_filter(*load_model(path), post_filter)
 
 
-def load_onnx_or_export(path: str | os.PathLike, threads: int | None = None) -> tuple[OnnxNet, dict]:
-    """An :class:`OnnxNet` from a ``.onnx`` file, or from a model file exported in memory;
-    and its metadata (as :func:`~speech_enhance.model.net.load_model` returns it)."""
+def _with_post_filter(model: MaskNet, meta: dict, post_filter: float | None) -> tuple[MaskNet, dict]:
+    if post_filter is not None:
+        model.post_filter = check_post_filter(post_filter, "--post-filter")
+    return model, meta
+
+
+def load_onnx_or_export(path: str | os.PathLike, threads: int | None = None,
+                        post_filter: float | None = None) -> tuple[OnnxNet, dict]:
+    """An :class:`OnnxNet` from a ``.onnx`` file, or from a model file exported in memory
+    (with ``post_filter`` in place of the file's, unless None); and its metadata (as
+    :func:`~speech_enhance.model.net.load_model` returns it)."""
     if str(path).endswith(".onnx"):
         net = OnnxNet(path, threads)
+        if post_filter is not None and check_post_filter(post_filter, "--post-filter") != net.post_filter:
+            raise ValueError(f"{path}: its post-filter ({net.post_filter:g}) is part of the exported graph; "
+                             "export the model file again to change it, or give the model file")
         return net, net.meta
-    model, meta = load_model(path)
+    model, meta = _with_post_filter(*load_model(path), post_filter)
     return OnnxNet(export_onnx(model, None, meta), threads), meta

@@ -138,6 +138,10 @@ def cmd_enhance(args: argparse.Namespace) -> int:
         raise ValueError(f"--out {args.out}: is a file; give a folder for the enhanced files")
     if args.strength is not None and not 0 <= args.strength <= 1:
         raise ValueError(f"--strength must be in [0, 1], got {args.strength}")
+    if args.post_filter is not None:
+        from speech_enhance.model.net import check_post_filter
+
+        check_post_filter(args.post_filter, "--post-filter")
     for option, value in (("--jobs", args.jobs), ("--threads", args.threads), ("--rate", args.rate),
                           ("--channels", args.channels)):
         if value is not None and value < 1:
@@ -149,11 +153,13 @@ def cmd_enhance(args: argparse.Namespace) -> int:
 
         model_path = default_model()
         log(f"model: the pretrained model {model_path} (MODEL_CARD.md; --model overrides)")
-    model, meta = load_backend(model_path, args.backend, args.threads)
+    model, meta = load_backend(model_path, args.backend, args.threads, args.post_filter)
     strength = args.strength if args.strength is not None else float(meta.get("strength", 1.0))
     if args.strength is None:
         source = "chosen on validation data when it was trained" if "strength" in meta else "full mask"
         log(f"strength {strength} (the model's default: {source}; --strength overrides)")
+    if args.post_filter is None and model.post_filter:
+        log(f"post-filter {model.post_filter:g} (the model's default; --post-filter overrides, 0: off)")
     if pcm:
         latency = latency_ms(model)
         log(f"streaming {args.channels}-channel 16-bit PCM at {args.rate} Hz, stdin to stdout"
@@ -166,7 +172,7 @@ def cmd_enhance(args: argparse.Namespace) -> int:
 
         load = functools.partial(OnnxNet, model.source, args.threads or 1)
     else:
-        load = functools.partial(_loaded_model, str(model_path), args.backend, args.threads or 1)
+        load = functools.partial(_loaded_model, str(model_path), args.backend, args.threads or 1, args.post_filter)
     results = enhance_paths_parallel(load, args.inputs, args.out, strength=strength, jobs=args.jobs or
                                      (1 if args.threads else None))
     done = [r for r in results if not r.error]
@@ -180,11 +186,11 @@ def cmd_enhance(args: argparse.Namespace) -> int:
     return 1 if failed or not done else 0
 
 
-def _loaded_model(path: str, backend: str, threads: int) -> object:
+def _loaded_model(path: str, backend: str, threads: int, post_filter: float | None = None) -> object:
     """The model alone (enhance's worker processes each load their own)."""
     from speech_enhance.model.export import load_backend
 
-    return load_backend(path, backend, threads)[0]
+    return load_backend(path, backend, threads, post_filter)[0]
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -394,6 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strength", type=float, default=None,
                    help="0 = unchanged ... 1 = full mask (default: the strength saved in the model file, "
                         "chosen on validation data at training, else 1)")
+    p.add_argument("--post-filter", dest="post_filter", type=float, default=None, metavar="BETA",
+                   help="deepen suppression where the mask is low: PercepNet's post-filter, 0 = off (default: "
+                        "the model file's, else 0)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--backend", choices=["torch", "onnx"], default="torch",
                    help="run the network with PyTorch or with ONNX Runtime (the onnx extra; faster on CPU) "

@@ -19,7 +19,7 @@ from speech_enhance.model.enhance import (
     stream_pcm,
 )
 from speech_enhance.model.export import OnnxNet, export_onnx, load_backend
-from speech_enhance.model.net import ARCHITECTURES
+from speech_enhance.model.net import ARCHITECTURES, load_model, post_filter
 
 pytest.importorskip("onnxruntime")
 
@@ -36,6 +36,46 @@ def _noisy_speech(seconds: float = 3.0) -> np.ndarray:
     rng = np.random.default_rng(4)
     clean = speech_like(rng, seconds, 16000, 140)
     return (clean + 0.05 * rng.standard_normal(len(clean))).astype(np.float32)
+
+
+def test_a_post_filter_saved_with_the_model_runs_in_enhance_streaming_and_the_onnx_graph(tmp_path, capsys):
+    net = _trained_like("crn", level_db=-20.0)
+    x = _noisy_speech(2.0)
+    plain = enhance_array(net, x)
+    net.post_filter = 0.1
+    save_model(tmp_path / "m.pth", net)
+    loaded, _ = load_model(tmp_path / "m.pth")
+    assert loaded.post_filter == 0.1
+    filtered = enhance_array(loaded, x)
+    mag = torch.rand(1, 1, 257, 120) * 3
+    with torch.no_grad():
+        shaped = loaded(mag)
+        loaded.post_filter = 0.0
+        raw = loaded(mag)
+        loaded.post_filter = 0.1
+    torch.testing.assert_close(shaped, post_filter(raw, 0.1))
+    assert torch.equal(loaded.train().output(raw), raw)  # training sees the raw mask
+    loaded.eval()
+    assert float(np.sum(filtered ** 2)) < float(np.sum(plain ** 2))  # it removes more
+    stream = StreamingEnhancer(loaded, 1, segment=128)  # applied frame by frame as well
+    out = np.concatenate([stream.push(x[None, i:i + 128]) for i in range(0, len(x), 128)] + [stream.finish()], 1)
+    np.testing.assert_allclose(out[0], filtered, atol=1e-4)
+    assert main(["export", str(tmp_path / "m.pth"), "--onnx", str(tmp_path / "m.onnx")]) == 0
+    runtime, meta = load_backend(tmp_path / "m.onnx", "onnx")
+    assert meta["post_filter"] == 0.1
+    np.testing.assert_allclose(enhance_array(runtime, x), filtered, atol=1e-4)  # in the graph
+    off, _ = load_backend(tmp_path / "m.pth", "onnx", post_filter=0)  # exported again without it
+    np.testing.assert_allclose(enhance_array(off, x), plain, atol=1e-4)
+    with pytest.raises(ValueError, match="part of the exported graph"):
+        load_backend(tmp_path / "m.onnx", "onnx", post_filter=0)
+    sf.write(tmp_path / "x.wav", x, 16000, subtype="FLOAT")
+    assert main(["enhance", str(tmp_path / "x.wav"), "--model", str(tmp_path / "m.pth"), "--out",
+                 str(tmp_path / "a"), "--jobs", "1"]) == 0
+    assert "post-filter 0.1 (the model's default" in capsys.readouterr().out
+    np.testing.assert_allclose(sf.read(tmp_path / "a" / "x.wav")[0], filtered, atol=1e-4)
+    assert main(["enhance", str(tmp_path / "x.wav"), "--model", str(tmp_path / "m.pth"), "--out",
+                 str(tmp_path / "b"), "--post-filter", "-1"]) == 1
+    assert "--post-filter must be 0 (off) or a positive number" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))

@@ -181,6 +181,20 @@ def test_a_crn_that_reads_the_phase_streams_as_it_runs_whole_and_uses_it(lookahe
             build_model(arch, phase=1, **options)
 
 
+def test_the_post_filter_lowers_small_gains_and_leaves_a_full_one():
+    from speech_enhance.model.net import check_post_filter, post_filter
+
+    g = torch.tensor([0.0, 0.1, 0.5, 1.0])
+    # Worked by hand: (1 + b) g / (1 + b / sin²(πg/2)); sin²(π/4) = 1/2, sin²(π/20) = 0.024472.
+    expected = torch.tensor([0.0, 1.02 * 0.1 / (1 + 0.02 / 0.0244717), 1.02 * 0.5 / 1.04, 1.0])
+    torch.testing.assert_close(post_filter(g, 0.02), expected, atol=1e-5, rtol=0)
+    assert torch.equal(post_filter(g, 0.0), g)
+    assert bool((post_filter(g, 0.1) <= post_filter(g, 0.02) + 1e-7).all())  # larger β, deeper
+    for bad in (-0.1, float("nan"), "0.1", True):
+        with pytest.raises(ValueError, match="post_filter must be 0"):
+            check_post_filter(bad)
+
+
 def test_crn_lookahead_is_checked():
     for bad in (-1, 1.5, "two", True, 17):
         with pytest.raises(ValueError, match="lookahead"):
