@@ -4,7 +4,7 @@ A mask network trained with an over-suppression penalty keeps speech and leaves 
 it is unsure (`bench/suppression.py`). Deeper suppression of the low mask values, after the
 network, is the classical answer: the post-filter of PercepNet, CRUSE and DeepFilterNet,
 g' = (1 + b) g / (1 + b / sin²(πg/2)), which leaves g = 1 alone and pushes small gains down,
-or a plain power g' = g^p. Each mixture of a split is rendered again from the dataset's
+or a plain power g' = g^p (a power below 1 suppresses less). Each mixture of a split is rendered again from the dataset's
 manifest, the network runs once, and every shape is scored on the same mask.
 
     python bench/mask_shape.py --data DATA --model FILE [--split val] [--out per_mixture.json]
@@ -24,17 +24,11 @@ import torch
 
 from speech_enhance.model import metrics
 from speech_enhance.model.evaluate import stft_roundtrip
-from speech_enhance.model.net import load_model, network_input
+from speech_enhance.model.net import load_model, network_input, post_filter
 from speech_enhance.pipeline import dsp
 from speech_enhance.pipeline.dataset import load_manifest, render_row
 
 METRICS = ("pesq", "stoi", "si_sdr")
-
-
-def post_filter(gain: torch.Tensor, beta: float) -> torch.Tensor:
-    """PercepNet's post-filter (Valin et al., 2020), as CRUSE and DeepFilterNet apply it."""
-    sin2 = torch.sin(math.pi * gain / 2).square().clamp_min(1e-12)
-    return (1 + beta) * gain / (1 + beta / sin2)
 
 
 SHAPES = {
@@ -59,6 +53,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     model, _ = load_model(args.model)
+    model.post_filter = 0.0  # the shapes start from the raw mask, whatever the file saves
     rows = [r for r in load_manifest(args.data) if r["split"] == args.split]
     rows = rows[: args.limit] if args.limit else rows
     per_mixture = []
