@@ -49,6 +49,9 @@ bench: install
 # validation noise trains too; the test noise stays unseen), about an hour on 2 CPUs.
 SHARED ?= ../shared/data
 PRETRAINED ?= runs/pretrained
+# bf16 only where the CPU computes it (AMX, AVX512-BF16, Arm BF16): elsewhere it is emulated,
+# several times slower than fp32, and the time limit would end training after an epoch or two.
+PRECISION ?= $(shell grep -qwE 'amx_bf16|avx512_bf16|bf16' /proc/cpuinfo 2>/dev/null && echo bf16 || echo fp32)
 pretrained: install
 	$(BIN)/speech-enhance build --clean $(SHARED)/dev/speech $(SHARED)/extra/speech --noise $(SHARED)/dev/noise \
 	    --out $(PRETRAINED)/data --mixtures-per-clean 16 --snr-range -5 15 --simulate-rooms 0.2 --mic-eq 0.3 \
@@ -56,7 +59,7 @@ pretrained: install
 	$(BIN)/speech-enhance train --data $(PRETRAINED)/data --out $(PRETRAINED)/crn --arch crn \
 	    --loss cmag_asym_sisdr_stoi --loss-option sisdr_weight=0.003 --loss-option stoi_weight=0.3 --sequence 4 \
 	    --model-option mean_norm_s=0.5 --model-option fullres=8 --model-option level_db=-20 \
-	    --workers 2 --epochs 7 --step-size 1 --gamma 0.6 --time-limit 50 --precision bf16 --compile
+	    --workers 2 --epochs 7 --step-size 1 --gamma 0.6 --time-limit 50 --precision $(PRECISION) --compile
 	$(BIN)/speech-enhance build --clean $(SHARED)/dev/speech $(SHARED)/extra/speech --noise $(SHARED)/dev/noise \
 	    --out $(PRETRAINED)/test --noises-per-clean 2 --dtype float16
 	$(BIN)/speech-enhance evaluate --data $(PRETRAINED)/test --model $(PRETRAINED)/crn/cnn_enhancer_best.pth \
