@@ -557,7 +557,9 @@ def render_report(report: dict) -> str:
         "# Speech enhancement report",
         "",
         f"Model `{report['model']}` (epoch {report['model_meta'].get('epoch', '?')}, "
-        f"{report['model_meta']['model_config']}) on `{report['data']}`: "
+        f"{report['model_meta']['model_config']}"
+        + (f", post-filter {report['model_meta']['post_filter']:g}" if report["model_meta"].get("post_filter") else "")
+        + f") on `{report['data']}`: "
         + (f"{report['evaluated_mixtures']} of {report['test_mixtures']} file pairs, enhanced whole; "
          "SNRs estimated from each pair (clean against noisy minus clean)." if pairs else
          f"{report['evaluated_mixtures']} of {report['test_mixtures']} {split_name} mixtures, enhanced whole."),

@@ -195,8 +195,9 @@ def test_evaluate_scores_folders_of_recordings_and_skips_what_it_cannot_pair_or_
     from speech_enhance.cli import main
 
     snrs = _write_pairs(tiny_dataset, tmp_path / "rec")
-    save_model(tmp_path / "model.pth", build_model("mask_cnn", [8, 8, 8, 8]).eval(), epoch=1, val_loss=0.1,
-               strength=0.9)
+    net = build_model("mask_cnn", [8, 8, 8, 8]).eval()
+    net.post_filter = 0.05  # saved with the model, said in the report
+    save_model(tmp_path / "model.pth", net, epoch=1, val_loss=0.1, strength=0.9)
     out = tmp_path / "report"
     assert main(["evaluate", "--noisy", str(tmp_path / "rec" / "noisy"), "--clean", str(tmp_path / "rec" / "clean"),
                  "--model", str(tmp_path / "model.pth"), "--out", str(out), "--samples", "1"]) == 0
@@ -212,5 +213,6 @@ def test_evaluate_scores_folders_of_recordings_and_skips_what_it_cannot_pair_or_
     assert sorted(s["file"] for s in report["skipped"]) == ["alone.wav", "broken.wav"]
     text = (out / "report.md").read_text()
     assert "3 of 4 file pairs" in text and "Skipped (2)" in text and "unreadable audio" in text
+    assert "post-filter 0.05)" in text
     assert "Per folder" in text and "Patch loss" not in text
     assert (out / report["samples"][0]["enhanced"]).is_file()
