@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from speech_enhance.model.data import split_dir, to_tensors
 from speech_enhance.model.losses import short_time_intelligibility
-from speech_enhance.model.net import load_model, reads_phase
+from speech_enhance.model.net import load_model, patch_input
 from speech_enhance.pipeline import storage
 
 
@@ -68,8 +68,7 @@ def main() -> None:
     for path in args.model:
         model, _ = load_model(path)
         with torch.no_grad():
-            inputs = torch.cat([noisy, phase], dim=1) if reads_phase(model) else noisy
-            out[path] = scores(model(inputs), noisy, clean, args.smooth)
+            out[path] = scores(model(patch_input(model, noisy, phase)), noisy, clean, args.smooth)
     print(json.dumps(out, indent=1))
 
 

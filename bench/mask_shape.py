@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 
 import numpy as np
 import torch
 
 from speech_enhance.model import metrics
-from speech_enhance.model.evaluate import stft_roundtrip
+from speech_enhance.model.evaluate import paired_differences, stft_roundtrip
 from speech_enhance.model.net import load_model, network_input, post_filter
 from speech_enhance.pipeline import dsp
 from speech_enhance.pipeline.dataset import load_manifest, render_row
@@ -36,11 +35,6 @@ SHAPES = {
     **{f"postfilter_{b}": (lambda g, b=b: post_filter(g, b)) for b in (0.02, 0.05, 0.1)},
     **{f"power_{p}": (lambda g, p=p: g.pow(p)) for p in (0.8, 1.25, 1.5, 2.0)},
 }
-
-
-def _paired(values: list[float]) -> dict[str, float]:
-    x = np.asarray([v for v in values if math.isfinite(v)])
-    return {"mean": float(x.mean()), "se": float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else math.nan}
 
 
 def main() -> None:
@@ -63,7 +57,7 @@ def main() -> None:
         with torch.no_grad():
             mask = model(network_input(model, spec[None]))[0, 0].float()
         reference = stft_roundtrip(mix.clean)
-        scores = {"snr_db": float(row["snr_db"])}
+        scores = {"mixture_id": int(row["mixture_id"]), "snr_db": float(row["snr_db"])}
         for name, shape in SHAPES.items():
             out = dsp.istft(spec * shape(mask), len(mix.noisy)).numpy()
             scores.update({f"{name}.{m}": v for m, v in metrics.all_metrics(reference, out).items()})
@@ -71,11 +65,10 @@ def main() -> None:
     summary = {}
     for name in SHAPES:
         entry = {m: float(np.nanmean([r[f"{name}.{m}"] for r in per_mixture])) for m in METRICS}
-        entry["minus_identity"] = {m: _paired([r[f"{name}.{m}"] - r[f"identity.{m}"] for r in per_mixture])
-                                   for m in METRICS}
+        entry["minus_identity"] = paired_differences(per_mixture, per_mixture, name, "identity")
+        by_snr = {snr: [r for r in per_mixture if r["snr_db"] == snr] for snr in sorted({r["snr_db"] for r in per_mixture})}
         entry["stoi_minus_identity_by_snr"] = {
-            snr: _paired([r[f"{name}.stoi"] - r["identity.stoi"] for r in per_mixture if r["snr_db"] == snr])["mean"]
-            for snr in sorted({r["snr_db"] for r in per_mixture})}
+            snr: paired_differences(rows, rows, name, "identity")["stoi"]["mean"] for snr, rows in by_snr.items()}
         summary[name] = entry
     print(json.dumps({"model": args.model, "split": args.split, "mixtures": len(per_mixture)}))
     for name, entry in summary.items():  # one line per shape

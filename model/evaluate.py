@@ -29,7 +29,7 @@ from torch import nn
 from speech_enhance.model import metrics
 from speech_enhance.model.data import local_batches
 from speech_enhance.model.enhance import enhance_array, enhance_at_strengths
-from speech_enhance.model.net import load_model, reads_phase
+from speech_enhance.model.net import load_model, patch_input, reads_phase
 from speech_enhance.pipeline import dsp, storage
 from speech_enhance.pipeline.audio import AudioError, discover_audio, load_audio, write_audio
 from speech_enhance.pipeline.cluster import hide_ray_data_progress, init_ray
@@ -62,7 +62,7 @@ def patch_l1(data_dir: str | os.PathLike, split: str, model: nn.Module | None = 
         model.eval()
     total, count = 0.0, 0
     for noisy, clean, *phase in local_batches(data_dir, split, with_phase=with_phase):
-        enhanced = model(torch.cat([noisy, *phase], dim=1)) * noisy if model is not None else noisy
+        enhanced = model(patch_input(model, noisy, phase[0] if phase else None)) * noisy if model is not None else noisy
         total += torch.sum(torch.abs(enhanced - clean)).item()
         count += clean.numel()
     return total / max(count, 1)

@@ -144,6 +144,16 @@ def network_input(model: nn.Module, spec: torch.Tensor) -> torch.Tensor:
     return torch.cat([mag, spec.angle()[:, None]], dim=1) if reads_phase(model) else mag
 
 
+def patch_input(model: nn.Module, noisy_mag: torch.Tensor, phase: torch.Tensor | None) -> torch.Tensor:
+    """What ``model`` takes from stored patches: the noisy magnitude [batch, 1, 257, frames],
+    with their phase as a second channel for a network that reads it (:func:`reads_phase`)."""
+    if not reads_phase(model):
+        return noisy_mag
+    if phase is None:
+        raise ValueError("this network reads the noisy phase: read the patches' noisy_phase column too")
+    return torch.cat([noisy_mag, phase], dim=1)
+
+
 def register(cls: type[MaskNet]) -> type[MaskNet]:
     ARCHITECTURES[cls.name] = cls
     return cls

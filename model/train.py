@@ -47,7 +47,14 @@ from speech_enhance.model.data import (
 )
 from speech_enhance.model.evaluate import calibrate_strength, describe_strength, identity_l1, test_l1
 from speech_enhance.model.losses import LOSSES, Loss, get_loss
-from speech_enhance.model.net import build_model, complexity, model_config, reads_phase, save_model
+from speech_enhance.model.net import (
+    build_model,
+    complexity,
+    model_config,
+    patch_input,
+    reads_phase,
+    save_model,
+)
 from speech_enhance.pipeline import storage
 from speech_enhance.pipeline.cluster import init_ray
 from speech_enhance.pipeline.dataset import read_dataset_info
@@ -151,7 +158,6 @@ def _run_epoch(model, batches, device, optimizer=None, amp=False,  # noqa: ANN00
     ``ema``: the weights' moving average, updated after every step."""
     training = optimizer is not None
     model.train(training)
-    with_phase = reads_phase(model)
     loss_sum, patches = 0.0, 0.0
     iterator = iter(batches)
     for step in itertools.count():
@@ -162,7 +168,7 @@ def _run_epoch(model, batches, device, optimizer=None, amp=False,  # noqa: ANN00
         if (_any_rank(batch is None, device) if uneven else batch is None):
             break
         noisy, clean, *phase = (t.to(device, non_blocking=True) for t in batch)
-        inputs = torch.cat([noisy, phase[0]], dim=1) if with_phase else noisy
+        inputs = patch_input(model, noisy, phase[0] if phase else None)
         with torch.set_grad_enabled(training), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             mask = model(inputs)
         loss = loss_fn(mask.float() * noisy, clean, phase[0] if phase else None, noisy)
