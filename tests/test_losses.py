@@ -39,6 +39,25 @@ def test_asymmetric_loss_weighs_removed_speech_four_times_leftover_noise():
         4 * get_loss("cmag_asym")(_patch([2.0]), _patch([1.0])).item(), rel=1e-5)
 
 
+def test_erb_weight_weighs_each_bin_by_one_over_its_erb():
+    # Bins 0 and 256 (0 Hz and 8 kHz): ERBs 24.7 and 24.7 * (4.37 * 8 + 1) = 888.2 Hz.
+    erb = 24.7 * (4.37 * torch.arange(257, dtype=torch.float64) * 16000 / 512 / 1000 + 1)
+    mean_inverse = (1 / erb).mean().item()
+    clean = torch.zeros(1, 1, 257, 2)
+    enhanced = clean.clone()
+    enhanced[0, 0, 0, 0] = enhanced[0, 0, 256, 1] = 1.0  # 1^0.3 - floor: an error of about 1 in each
+    error = (1 - 1e-12 ** 0.3) ** 2
+    plain = get_loss("cmag_mse")(enhanced, clean).item()
+    assert plain == pytest.approx(2 * error / (257 * 2), rel=1e-5)
+    weighted = get_loss("cmag_mse", erb_weight=1)(enhanced, clean).item()
+    expected = error * (1 / 24.7 + 1 / 888.2) / mean_inverse / (257 * 2)
+    assert weighted == pytest.approx(expected, rel=1e-4)
+    # The asymmetric loss keeps its over-suppression factor under the weights.
+    assert get_loss("cmag_asym", erb_weight=1)(clean, enhanced).item() == pytest.approx(4 * expected, rel=1e-4)
+    with pytest.raises(ValueError, match="erb_weight weighs the 257 STFT bins, got 1 rows"):
+        get_loss("cmag_mse", erb_weight=1)(_patch([1.0]), _patch([0.0]))
+
+
 def test_mask_loss_compares_square_roots_of_the_mask_and_the_ideal_ratio_mask():
     # Bin 1: mask 4/4 = 1 against ideal 1/4: (1 - 0.5)^2 = 0.25. Bin 2: mask 2/4 against an ideal
     # of 8/4 capped at 1: (0.7071 - 1)^2 = 0.0858. Bin 3 is silent (no mask) and is left out.
@@ -146,13 +165,13 @@ def test_loss_options_change_the_weights_and_refuse_what_the_loss_does_not_have(
     symmetric = get_loss("cmag_mask_asym_sisdr", over_suppression=1, mask_weight=2, sisdr_weight=0)
     expected = get_loss("cmag_mse")(enhanced, clean) + 2 * get_loss("mask_mse")(enhanced, clean, noisy=noisy)
     assert symmetric(enhanced, clean, phase, noisy).item() == pytest.approx(expected.item(), rel=1e-5)
-    assert get_loss("cmag_asym_sisdr").options() == {"over_suppression": 4.0, "sisdr_weight": 1e-3}
+    assert get_loss("cmag_asym_sisdr").options() == {"over_suppression": 4.0, "erb_weight": 0.0, "sisdr_weight": 1e-3}
     stoi = get_loss("stoi")(enhanced, clean)
     assert get_loss("cmag_asym_sisdr_stoi", stoi_weight=0.5, sisdr_weight=0.004)(enhanced, clean, phase).item() == (
         pytest.approx((cmag_asym + 0.004 * sisdr + 0.5 * stoi).item(), rel=1e-5))
     assert get_loss("cmag_asym_sisdr")(enhanced, clean, phase).item() == pytest.approx(
         (cmag_asym + 1e-3 * sisdr).item(), rel=1e-5)  # the registered loss is unchanged
-    with pytest.raises(ValueError, match="cmag_mse loss has no option 'sisdr_weight'; it has: none"):
+    with pytest.raises(ValueError, match="cmag_mse loss has no option 'sisdr_weight'; it has: erb_weight"):
         get_loss("cmag_mse", sisdr_weight=0.01)
     with pytest.raises(ValueError, match="non-negative number, got -1"):
         get_loss("cmag_asym_sisdr", sisdr_weight=-1)
