@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -37,8 +38,13 @@ SHAPES = {
 }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def run(description: str, outputs: Callable[[np.ndarray, torch.Tensor, torch.Tensor], dict[str, np.ndarray]],
+        label: str) -> None:
+    """The command line of this bench and `bench/pitch_filter.py`: each mixture of a split is
+    rendered again, the network runs once, every output ``outputs(noisy, spec, mask)`` gives
+    (one of them "identity", the mask as is) is scored, and the mean and the paired
+    difference from "identity" are printed, one JSON line per output named ``label``."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--data", required=True)
     parser.add_argument("--model", required=True)
     parser.add_argument("--split", default="val")
@@ -47,7 +53,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     model, _ = load_model(args.model)
-    model.post_filter = 0.0  # the shapes start from the raw mask, whatever the file saves
+    model.post_filter = 0.0  # every output starts from the raw mask, whatever the file saves
     rows = [r for r in load_manifest(args.data) if r["split"] == args.split]
     rows = rows[: args.limit] if args.limit else rows
     per_mixture = []
@@ -56,26 +62,29 @@ def main() -> None:
         spec = dsp.stft(mix.noisy)
         with torch.no_grad():
             mask = model(network_input(model, spec[None]))[0, 0].float()
+            outs = outputs(mix.noisy, spec, mask)
         reference = stft_roundtrip(mix.clean)
         scores = {"mixture_id": int(row["mixture_id"]), "snr_db": float(row["snr_db"])}
-        for name, shape in SHAPES.items():
-            out = dsp.istft(spec * shape(mask), len(mix.noisy)).numpy()
+        for name, out in outs.items():
             scores.update({f"{name}.{m}": v for m, v in metrics.all_metrics(reference, out).items()})
         per_mixture.append(scores)
-    summary = {}
-    for name in SHAPES:
+    print(json.dumps({"model": args.model, "split": args.split, "mixtures": len(per_mixture)}))
+    by_snr = {snr: [r for r in per_mixture if r["snr_db"] == snr] for snr in sorted({r["snr_db"] for r in per_mixture})}
+    for name in [k[: -len(".stoi")] for k in per_mixture[0] if k.endswith(".stoi")]:
         entry = {m: float(np.nanmean([r[f"{name}.{m}"] for r in per_mixture])) for m in METRICS}
         entry["minus_identity"] = paired_differences(per_mixture, per_mixture, name, "identity")
-        by_snr = {snr: [r for r in per_mixture if r["snr_db"] == snr] for snr in sorted({r["snr_db"] for r in per_mixture})}
         entry["stoi_minus_identity_by_snr"] = {
-            snr: paired_differences(rows, rows, name, "identity")["stoi"]["mean"] for snr, rows in by_snr.items()}
-        summary[name] = entry
-    print(json.dumps({"model": args.model, "split": args.split, "mixtures": len(per_mixture)}))
-    for name, entry in summary.items():  # one line per shape
-        print(json.dumps({"shape": name, **entry}))
+            snr: paired_differences(rs, rs, name, "identity")["stoi"]["mean"] for snr, rs in by_snr.items()}
+        print(json.dumps({label: name, **entry}))
     if args.out:
         with open(args.out, "w") as f:
             json.dump(per_mixture, f)
+
+
+def main() -> None:
+    run(__doc__.split("\n")[0],
+        lambda noisy, spec, mask: {name: dsp.istft(spec * shape(mask), len(noisy)).numpy()
+                                   for name, shape in SHAPES.items()}, "shape")
 
 
 if __name__ == "__main__":

@@ -21,19 +21,12 @@ as is (mean ± standard error), overall and STOI per SNR.
 
 from __future__ import annotations
 
-import argparse
-import json
-
 import numpy as np
 import torch
+from mask_shape import run  # the sibling bench's command line and scoring
 
-from speech_enhance.model import metrics
-from speech_enhance.model.evaluate import paired_differences, stft_roundtrip
-from speech_enhance.model.net import load_model, network_input
 from speech_enhance.pipeline import dsp
-from speech_enhance.pipeline.dataset import load_manifest, render_row
 
-METRICS = ("pesq", "stoi", "si_sdr")
 EDGES_HZ = (0, 200, 400, 600, 800, 1000, 1200, 1400, 1600, 2000, 2400, 2800, 3200, 4000, 4800, 5600, 6800, 8000)
 MIN_LAG, MAX_LAG = 32, 320  # samples: pitches of 500 to 50 Hz
 OCTAVE_TOLERANCE = 0.9  # the shortest lag whose correlation is this close to the best is the period
@@ -116,9 +109,9 @@ def release(mask: torch.Tensor, decay: float) -> torch.Tensor:
     return out
 
 
-def variants(noisy: np.ndarray, mask: torch.Tensor) -> dict[str, np.ndarray]:
+def variants(noisy: np.ndarray, spec: torch.Tensor, mask: torch.Tensor) -> dict[str, np.ndarray]:
+    """The mask as is ("identity") and each variant, as waveforms."""
     w = band_weights()
-    spec = dsp.stft(noisy)
     frames = spec.shape[-1]
     enhanced_spec = spec * mask
     enhanced = dsp.istft(enhanced_spec, len(noisy)).numpy()
@@ -140,41 +133,7 @@ def variants(noisy: np.ndarray, mask: torch.Tensor) -> dict[str, np.ndarray]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", required=True)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--split", default="val")
-    parser.add_argument("--limit", type=int, default=0, help="only the first N mixtures (0: all)")
-    parser.add_argument("--out", help="write the per-mixture scores here")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    model, _ = load_model(args.model)
-    model.post_filter = 0.0
-    rows = [r for r in load_manifest(args.data) if r["split"] == args.split]
-    rows = rows[: args.limit] if args.limit else rows
-    per_mixture = []
-    for row in rows:
-        mix = render_row(row)
-        with torch.no_grad():
-            mask = model(network_input(model, dsp.stft(mix.noisy)[None]))[0, 0].float()
-            outs = variants(mix.noisy, mask)
-        reference = stft_roundtrip(mix.clean)
-        scores = {"mixture_id": int(row["mixture_id"]), "snr_db": float(row["snr_db"])}
-        for name, out in outs.items():
-            scores.update({f"{name}.{m}": v for m, v in metrics.all_metrics(reference, out).items()})
-        per_mixture.append(scores)
-    names = [k[: -len(".stoi")] for k in per_mixture[0] if k.endswith(".stoi")]
-    print(json.dumps({"model": args.model, "split": args.split, "mixtures": len(per_mixture)}))
-    for name in names:
-        entry = {m: float(np.nanmean([r[f"{name}.{m}"] for r in per_mixture])) for m in METRICS}
-        entry["minus_identity"] = paired_differences(per_mixture, per_mixture, name, "identity")
-        by_snr = {snr: [r for r in per_mixture if r["snr_db"] == snr] for snr in sorted({r["snr_db"] for r in per_mixture})}
-        entry["stoi_minus_identity_by_snr"] = {
-            snr: paired_differences(rs, rs, name, "identity")["stoi"]["mean"] for snr, rs in by_snr.items()}
-        print(json.dumps({"variant": name, **entry}))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(per_mixture, f)
+    run(__doc__.split("\n")[0], variants, "variant")
 
 
 if __name__ == "__main__":
