@@ -27,7 +27,7 @@ def _one_line_error(capsys, *words: str) -> str:
     (["--gamma", "2"], ["--gamma"]),
     (["--ema", "1"], ["--ema", "[0, 1)"]),
     (["--sequence", "3"], ["--batch-size", "multiple of --sequence"]),  # batch 16 of 3-patch examples
-    (["--loss", "cmag_mse", "--loss-option", "sisdr_weight=0.01"], ["--loss-option", "sisdr_weight", "none"]),
+    (["--loss", "mag_l1", "--loss-option", "sisdr_weight=0.01"], ["--loss-option", "sisdr_weight", "none"]),
     (["--loss", "cmag_asym_sisdr", "--loss-option", "sisdr_weight=-1"], ["--loss-option", "non-negative"]),
 ])
 def test_bad_training_options_fail_before_ray_and_say_which(tmp_path, capsys, flags, words):
