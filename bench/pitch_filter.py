@@ -10,7 +10,8 @@ X' = X + r_b sqrt(E_x/E_p) P, renormalised to X's band energies, then the mask.
 
 Variants: the pitch found on the noisy input (RNNoise) or on the network's output (cleaner);
 the comb applied to the noisy input before the mask ("pre") or to the enhanced spectrum with
-the enhanced signal delayed ("post"). Each mixture of a split is rendered again from the
+the enhanced signal delayed ("post"); and RNNoise's gain release, g_t = max(g_t, a g_{t-1})
+("decay"). Each mixture of a split is rendered again from the
 manifest, the network runs once, and every variant is scored on the same mask.
 
     python bench/pitch_filter.py --data DATA --model FILE [--split val] [--limit N]
