@@ -36,7 +36,8 @@ overlap-add.
 
 Weights and factors are options (``train --loss-option NAME=VALUE``, :func:`get_loss`):
 ``over_suppression`` of the asymmetric losses, ``erb_weight`` of the compressed-magnitude
-ones (:func:`erb_weights`), ``sisdr_weight``, ``mask_weight`` and ``stoi_weight`` of the sums. They are saved in the run's config with the loss's name.
+ones (:func:`erb_weights`), ``sisdr_weight``, ``mask_weight`` and ``stoi_weight`` of the
+sums. They are saved in the run's config with the loss's name.
 """
 
 from __future__ import annotations
@@ -88,11 +89,13 @@ class MagnitudeL1(Loss):
         return torch.mean(torch.abs(enhanced - clean))
 
 
+@functools.cache
 def erb_weights(exponent: float) -> torch.Tensor:
     """[257, 1] weights of the STFT bins, ERB(f)^-exponent normalised to mean 1 (Glasberg &
     Moore's bandwidth, 24.7 (4.37 f / 1000 + 1) Hz). 0 weighs every bin alike, as the
     losses do by default; 1 weighs each ERB alike, as hearing and STOI's one-third-octave
-    bands do: the 19 % of the bins below 1.5 kHz get 57 % of the weight."""
+    bands do: the 19 % of the bins below 1.5 kHz get 57 % of the weight. Cached (every
+    batch uses it): do not modify it."""
     hz = torch.arange(dsp.N_BINS, dtype=torch.float64) * dsp.SAMPLE_RATE / dsp.N_FFT
     w = (24.7 * (4.37 * hz / 1000 + 1)) ** -exponent
     return (w / w.mean()).float()[:, None]
