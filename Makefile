@@ -51,7 +51,9 @@ SHARED ?= ../shared/data
 PRETRAINED ?= runs/pretrained
 # bf16 only where the CPU computes it (AMX, AVX512-BF16, Arm BF16): elsewhere it is emulated,
 # several times slower than fp32, and the time limit would end training after an epoch or two.
-PRECISION ?= $(shell grep -qwE 'amx_bf16|avx512_bf16|bf16' /proc/cpuinfo 2>/dev/null && echo bf16 || echo fp32)
+# train's own check decides (expanded when the recipe runs, after install).
+PRECISION ?= $(shell $(BIN)/python -c "from speech_enhance.model.train import cpu_has_bf16; \
+	print('bf16' if cpu_has_bf16() else 'fp32')")
 pretrained: install
 	$(BIN)/speech-enhance build --clean $(SHARED)/dev/speech $(SHARED)/extra/speech --noise $(SHARED)/dev/noise \
 	    --out $(PRETRAINED)/data --mixtures-per-clean 16 --snr-range -5 15 --simulate-rooms 0.2 --mic-eq 0.3 \

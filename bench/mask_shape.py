@@ -4,8 +4,9 @@ A mask network trained with an over-suppression penalty keeps speech and leaves 
 it is unsure (`bench/suppression.py`). Deeper suppression of the low mask values, after the
 network, is the classical answer: the post-filter of PercepNet, CRUSE and DeepFilterNet,
 g' = (1 + b) g / (1 + b / sin²(πg/2)), which leaves g = 1 alone and pushes small gains down,
-or a plain power g' = g^p (a power below 1 suppresses less). Each mixture of a split is rendered again from the dataset's
-manifest, the network runs once, and every shape is scored on the same mask.
+or a plain power g' = g^p (a power below 1 suppresses less). Each mixture of a split is
+rendered again from the dataset's manifest, the network runs once, and every shape is
+scored on the same mask.
 
     python bench/mask_shape.py --data DATA --model FILE [--split val] [--out per_mixture.json]
 

@@ -24,7 +24,6 @@ from pystoi import utils
 from pystoi.stoi import BETA, DYN_RANGE, FS, MINFREQ, N_FRAME, NFFT, NUMBAND, OBM, N
 
 from speech_enhance.model import metrics
-from speech_enhance.model.evaluate import stft_roundtrip
 from speech_enhance.model.net import load_model, network_input
 from speech_enhance.pipeline import dsp
 from speech_enhance.pipeline.dataset import load_manifest, render_row
@@ -66,12 +65,12 @@ def main() -> None:
             mask = model(network_input(model, spec[None]))[0, 0].float()
         ideal = (clean_spec.abs() / spec.abs().clamp_min(1e-9)).clamp(0, 1)
         outputs = {
-            "noisy": stft_roundtrip(mix.noisy),
+            "noisy": dsp.istft(spec, len(mix.noisy)).numpy(),
             "model": dsp.istft(spec * mask, len(mix.noisy)).numpy(),
             **({"rnnoise": metrics.rnnoise(mix.noisy)} if metrics.rnnoise_available() else {}),
             "ideal_ratio_mask": dsp.istft(spec * ideal, len(mix.noisy)).numpy(),
         }
-        reference = stft_roundtrip(mix.clean)
+        reference = dsp.istft(clean_spec, len(mix.clean)).numpy()  # as evaluate's stft_roundtrip
         for name, out in outputs.items():
             bands.setdefault(name, []).append(band_correlations(reference, out))
     means = {name: np.mean(values, axis=0) for name, values in bands.items()}
