@@ -361,6 +361,14 @@ class CRN(MaskNet):
     phase-aware inputs of GTCRN and DeepFilterNet). The last frame's phase rides in the
     stream state. The mask is still a magnitude mask.
 
+    ``band_gru`` > 0 adds a GRU of that many units over time at each frequency position of
+    the second halving (65 positions, 125 Hz apart), its weights shared by every position
+    and its output added back (zero at the start of training, so it begins as the plain CRN).
+    The flat GRU sees frequency only at the bottleneck, 500 Hz apart, where every STOI band
+    below 1.5 kHz shares a position or two; a shared per-band GRU learns how a band's level
+    moves over time whatever the noise (FullSubNet's sub-band model; the inter-frame path of
+    DPCRN and GTCRN). Its state rides in the stream state.
+
     ``layers`` stacks that many GRU layers (Tan & Wang's CRN and NSNet2 use two): the
     second models time on the first's output rather than on the raw bottleneck.
 
@@ -375,12 +383,13 @@ class CRN(MaskNet):
     # Narrow first layers: they run at 129 and 65 bins, where most of the time goes.
     DEFAULT_WIDTHS = (8, 16, 32, 32)
     DEFAULTS = {"widths": list(DEFAULT_WIDTHS), "hidden": 192, "bands": 0, "mean_norm_s": 0.0, "lookahead": 0,
-                "floor_s": 0.0, "cepstrum": 0, "layers": 1, "fullres": 0, "level_db": 0.0, "phase": 0}
+                "floor_s": 0.0, "cepstrum": 0, "layers": 1, "fullres": 0, "level_db": 0.0, "phase": 0,
+                "band_gru": 0}
     past_frames = math.inf
 
     def __init__(self, widths: tuple[int, ...] | list[int] = DEFAULT_WIDTHS, hidden: int = 192, bands: int = 0,
                  mean_norm_s: float = 0.0, lookahead: int = 0, floor_s: float = 0.0, cepstrum: int = 0,
-                 layers: int = 1, fullres: int = 0, level_db: float = 0.0, phase: int = 0):
+                 layers: int = 1, fullres: int = 0, level_db: float = 0.0, phase: int = 0, band_gru: int = 0):
         widths, hidden, bands = _positive("crn", widths, 4), int(hidden), int(bands)
         mean_norm_s, floor_s = _number("mean_norm_s", mean_norm_s), _number("floor_s", floor_s)
         if hidden < 1:
@@ -391,6 +400,7 @@ class CRN(MaskNet):
         cepstrum = _whole("cepstrum", cepstrum, 0, 1, "0 (off) or 1 (on)")
         fullres = _whole("fullres", fullres, 0, math.inf, "a whole number of channels ≥ 0 (0: off)")
         phase = _whole("phase", phase, 0, 1, "0 (off) or 1 (on)")
+        band_gru = _whole("band_gru", band_gru, 0, math.inf, "a whole number of GRU units ≥ 0 (0: off)")
         level_db = _number("level_db", level_db)
         if not (math.isfinite(level_db) and level_db <= 0):
             raise ValueError(f"crn level_db must be 0 (off) or a level in dBFS below 0, e.g. -20; got {level_db}")
@@ -402,7 +412,7 @@ class CRN(MaskNet):
             raise ValueError("crn phase reads the phase of each of the 257 bins: it cannot be used with bands")
         super().__init__(widths=widths, hidden=hidden, bands=bands, mean_norm_s=mean_norm_s, lookahead=lookahead,
                          floor_s=floor_s, cepstrum=cepstrum, layers=layers, fullres=fullres, level_db=level_db,
-                         phase=phase)
+                         phase=phase, band_gru=band_gru)
         self.decay, self.floor_decay = decay, floor_decay
         # The target as mean power per bin: the STFT of white noise of power P has P·Σw² (3/8 N_FFT, Hann).
         self.level_power = 10 ** (level_db / 10) * 3 / 8 * dsp.N_FFT if level_db else 0.0
@@ -423,6 +433,13 @@ class CRN(MaskNet):
             self.register_buffer("to_cepstrum", to_cepstrum, persistent=False)
             lags = to_cepstrum.shape[0]
             self.cepstrum_norm = nn.BatchNorm1d(lags, affine=False)  # frame-wise at inference: no state
+        self.band_level = bool(fullres) + 1  # the encoder layer that halves frequency the second time
+        if band_gru:
+            width = levels[self.band_level]
+            self.band_rnn = nn.GRU(width, band_gru, batch_first=True)
+            self.band_out = nn.Linear(band_gru, width)
+            nn.init.zeros_(self.band_out.weight)
+            nn.init.zeros_(self.band_out.bias)
         self.rnn = nn.GRU(bottleneck + lags, hidden, num_layers=layers, batch_first=True)
         self.project = nn.Linear(hidden, bottleneck)
         self.decoder = _Decoder(levels, strides)
@@ -444,8 +461,8 @@ class CRN(MaskNet):
 
     def stream(self, noisy_mag: torch.Tensor, state: object | None) -> tuple[torch.Tensor, object]:
         """One mask per input frame, ``lookahead`` frames late (see the class docstring)."""
-        caches, hidden, mean, floor, loudness, last_phase = (
-            state if state is not None else ([None] * len(self.encoder), None, None, None, None, None))
+        caches, hidden, mean, floor, loudness, last_phase, band = (
+            state if state is not None else ([None] * len(self.encoder), None, None, None, None, None, None))
         advance = None
         if self._config["phase"]:
             noisy_mag, phase = noisy_mag[:, :1], noisy_mag[:, 1:]
@@ -467,8 +484,10 @@ class CRN(MaskNet):
             channels.append(x - level)
         x = torch.cat(channels, dim=1) if len(channels) > 1 else x
         skips, new_caches = [], []
-        for layer, cache in zip(self.encoder, caches, strict=True):
+        for i, (layer, cache) in enumerate(zip(self.encoder, caches, strict=True)):
             x, cache = layer(x, cache)
+            if i == self.band_level and self._config["band_gru"]:
+                x, band = self.band_step(x, band)
             skips.append(x)
             new_caches.append(cache)
         b, c, f, t = x.shape
@@ -478,12 +497,20 @@ class CRN(MaskNet):
         seq, hidden = self.rnn(seq.transpose(1, 2), hidden)
         x = self.project(seq).transpose(1, 2).reshape(b, c, f, t)
         mask = self.output(self.decoder(x, skips))
-        return (self.to_bins @ mask if bands else mask), (new_caches, hidden, mean, floor, loudness, last_phase)
+        return (self.to_bins @ mask if bands else mask), (new_caches, hidden, mean, floor, loudness, last_phase, band)
+
+    def band_step(self, x: torch.Tensor, hidden: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` [batch, channels, positions, frames] plus the shared GRU's output at each
+        position (``band_gru``), and the GRU's state [1, batch × positions, units] after it."""
+        b, c, f, t = x.shape
+        seq, hidden = self.band_rnn(x.permute(0, 2, 3, 1).reshape(b * f, t, c), hidden)
+        return x + self.band_out(seq).reshape(b, f, t, c).permute(0, 3, 1, 2), hidden
 
     def flat_state(self, state: object) -> list[torch.Tensor]:
-        caches, hidden, mean, floor, loudness, last_phase = state
+        caches, hidden, mean, floor, loudness, last_phase, band = state
         return [*caches, hidden, *([mean] if self.decay else []), *(floor if self.floor_decay else []),
-                *(loudness if self.level_power else []), *([last_phase] if self._config["phase"] else [])]
+                *(loudness if self.level_power else []), *([last_phase] if self._config["phase"] else []),
+                *([band] if self._config["band_gru"] else [])]
 
     def unflat_state(self, tensors: list[torch.Tensor]) -> object:
         n = len(self.encoder)
@@ -492,7 +519,8 @@ class CRN(MaskNet):
         floor = [rest.pop(0), rest.pop(0)] if self.floor_decay else None
         loudness = [rest.pop(0), rest.pop(0)] if self.level_power else None
         last_phase = rest.pop(0) if self._config["phase"] else None
-        return list(tensors[:n]), tensors[n], mean, floor, loudness, last_phase
+        band = rest.pop(0) if self._config["band_gru"] else None
+        return list(tensors[:n]), tensors[n], mean, floor, loudness, last_phase, band
 
 
 def _number(option: str, value: object) -> float:
@@ -622,13 +650,15 @@ class BandCRN(CRN):
 
     name = "crn_erb"
     DEFAULTS = {"widths": list(CRN.DEFAULT_WIDTHS), "hidden": 256, "bands": 129, "mean_norm_s": 0.0, "lookahead": 0,
-                "floor_s": 0.0, "cepstrum": 0, "layers": 1, "fullres": 0, "level_db": 0.0, "phase": 0}
+                "floor_s": 0.0, "cepstrum": 0, "layers": 1, "fullres": 0, "level_db": 0.0, "phase": 0,
+                "band_gru": 0}
 
     def __init__(self, widths: tuple[int, ...] | list[int] = CRN.DEFAULT_WIDTHS, hidden: int = 256,
                  bands: int = 129, mean_norm_s: float = 0.0, lookahead: int = 0, floor_s: float = 0.0,
-                 cepstrum: int = 0, layers: int = 1, fullres: int = 0, level_db: float = 0.0, phase: int = 0):
+                 cepstrum: int = 0, layers: int = 1, fullres: int = 0, level_db: float = 0.0, phase: int = 0,
+                 band_gru: int = 0):
         super().__init__(widths, hidden, bands, mean_norm_s, lookahead, floor_s, cepstrum, layers, fullres, level_db,
-                         phase)
+                         phase, band_gru)
 
 
 def _architecture(arch: str) -> type[MaskNet]:

@@ -113,6 +113,20 @@ def test_streaming_network_streams_through_onnx_with_its_state(mean_norm_s, look
     np.testing.assert_allclose(out[0], enhance_array(net, x), atol=1e-4)
 
 
+def test_a_crn_with_a_band_gru_streams_through_onnx_with_its_state():
+    net = _trained_like("crn", mean_norm_s=0.5, fullres=8, level_db=-20.0, band_gru=16)
+    torch.nn.init.normal_(net.band_out.weight, std=0.1)  # trained-like: the band path is not zero
+    runtime = OnnxNet(export_onnx(net, None))
+    assert runtime.meta["state_shapes"][-1] == [1, 65, 16]
+    mag = torch.rand(1, 1, 257, 301) * 3
+    with torch.no_grad():
+        np.testing.assert_allclose(runtime(mag).numpy(), net(mag).numpy(), atol=1e-4)
+    x = _noisy_speech(2.0)
+    stream = StreamingEnhancer(runtime, 1, segment=128)
+    out = np.concatenate([stream.push(x[None, i:i + 128]) for i in range(0, len(x), 128)] + [stream.finish()], 1)
+    np.testing.assert_allclose(out[0], enhance_array(net, x), atol=1e-4)
+
+
 def test_a_network_that_reads_the_phase_takes_it_through_onnx_and_streams():
     net = _trained_like("crn", mean_norm_s=0.5, fullres=4, level_db=-20.0, phase=1)
     runtime = OnnxNet(export_onnx(net, None))

@@ -312,6 +312,30 @@ def test_crn_fullres_adds_a_level_that_keeps_every_bin():
             build_model("crn", fullres=bad)
 
 
+@pytest.mark.parametrize(("fullres", "lookahead"), [(0, 0), (4, 2)])
+def test_crn_band_gru_runs_one_shared_gru_per_position_and_streams_as_it_runs_whole(fullres, lookahead):
+    torch.manual_seed(0)
+    plain = build_model("crn", [8, 8, 8, 8], hidden=16, mean_norm_s=0.5, fullres=fullres, lookahead=lookahead).eval()
+    model = build_model("crn", [8, 8, 8, 8], hidden=16, mean_norm_s=0.5, fullres=fullres, lookahead=lookahead,
+                        band_gru=6).eval()
+    model.load_state_dict(plain.state_dict(), strict=False)
+    x = torch.rand(2, 1, 257, 150)
+    with torch.no_grad():  # its output starts at zero: the plain CRN's masks
+        torch.testing.assert_close(model(x), plain(x))
+        torch.nn.init.normal_(model.band_out.weight)
+    # One GRU 8 → 6 (3 gates: 3·6·(8 + 6) weights, 2·3·6 biases) and its projection 6 → 8,
+    # whatever the number of positions; its state is one row per position of the second halving.
+    assert complexity(model)["parameters"] - complexity(plain)["parameters"] == 252 + 36 + 48 + 8
+    state = model.zero_state(2)
+    assert len(state) == len(plain.zero_state(2)) + 1 and state[-1].shape == (1, 2 * 65, 6)
+    whole = _assert_streams_as_whole(model, x, lookahead)
+    with torch.no_grad():
+        assert (whole - plain(x)).abs().max() > 1e-3
+    for bad in (-1, 1.5, True, "wide"):
+        with pytest.raises(ValueError, match="band_gru"):
+            build_model("crn", band_gru=bad)
+
+
 def test_zero_state_leaves_a_training_network_as_it_was():
     model = build_model("crn", [8, 8, 8, 8], hidden=16, cepstrum=1).train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
