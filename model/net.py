@@ -362,7 +362,7 @@ class CRN(MaskNet):
     stream state. The mask is still a magnitude mask.
 
     ``band_gru`` > 0 adds a GRU of that many units over time at each frequency position of
-    the second halving (65 positions, 125 Hz apart), its weights shared by every position
+    the second halving (65 positions, 125 Hz apart, on all bins), its weights shared by every position
     and its output added back (zero at the start of training, so it begins as the plain CRN).
     The flat GRU sees frequency only at the bottleneck, 500 Hz apart, where every STOI band
     below 1.5 kHz shares a position or two; a shared per-band GRU learns how a band's level
