@@ -92,6 +92,17 @@ def test_onnx_runtime_matches_pytorch(arch, tmp_path):
     np.testing.assert_allclose(enhance_array(runtime, x, 0.9), enhance_array(net, x, 0.9), atol=1e-4)
 
 
+def _assert_onnx_runs_as_net(runtime: OnnxNet, net: torch.nn.Module, whole: torch.Tensor) -> None:
+    """``runtime`` gives ``net``'s masks on ``whole``, and streamed 128 samples at a time
+    through its state, ``net``'s whole-file enhancement of 2 s of noisy speech."""
+    with torch.no_grad():
+        np.testing.assert_allclose(runtime(whole).numpy(), net(whole).numpy(), atol=1e-4)
+    x = _noisy_speech(2.0)
+    stream = StreamingEnhancer(runtime, 1, segment=128)
+    out = np.concatenate([stream.push(x[None, i:i + 128]) for i in range(0, len(x), 128)] + [stream.finish()], 1)
+    np.testing.assert_allclose(out[0], enhance_array(net, x), atol=1e-4)
+
+
 @pytest.mark.parametrize(("mean_norm_s", "lookahead", "floor_s", "cepstrum", "layers", "fullres", "level_db"),
                          [(0.0, 0, 0.0, 0, 1, 0, 0.0), (0.5, 0, 0.0, 0, 1, 0, 0.0), (0.5, 2, 0.0, 0, 1, 0, 0.0),
                           (0.5, 0, 1.0, 0, 1, 0, 0.0), (0.5, 0, 0.0, 1, 1, 0, 0.0), (0.5, 0, 0.0, 0, 2, 0, 0.0),
@@ -104,13 +115,7 @@ def test_streaming_network_streams_through_onnx_with_its_state(mean_norm_s, look
     assert runtime.streamable
     assert len(runtime.meta["state_shapes"]) == (5 + bool(fullres) + bool(mean_norm_s) + 2 * bool(floor_s)
                                                  + 2 * bool(level_db))
-    mag = torch.rand(1, 1, 257, 301) * 3  # whole, past the running mean's 64-frame blocks
-    with torch.no_grad():
-        np.testing.assert_allclose(runtime(mag).numpy(), net(mag).numpy(), atol=1e-4)
-    x = _noisy_speech(2.0)
-    stream = StreamingEnhancer(runtime, 1, segment=128)
-    out = np.concatenate([stream.push(x[None, i:i + 128]) for i in range(0, len(x), 128)] + [stream.finish()], 1)
-    np.testing.assert_allclose(out[0], enhance_array(net, x), atol=1e-4)
+    _assert_onnx_runs_as_net(runtime, net, torch.rand(1, 1, 257, 301) * 3)  # past the running mean's 64-frame blocks
 
 
 def test_a_crn_with_a_band_gru_streams_through_onnx_with_its_state():
@@ -118,27 +123,15 @@ def test_a_crn_with_a_band_gru_streams_through_onnx_with_its_state():
     torch.nn.init.normal_(net.band_out.weight, std=0.1)  # trained-like: the band path is not zero
     runtime = OnnxNet(export_onnx(net, None))
     assert runtime.meta["state_shapes"][-1] == [1, 65, 16]
-    mag = torch.rand(1, 1, 257, 301) * 3
-    with torch.no_grad():
-        np.testing.assert_allclose(runtime(mag).numpy(), net(mag).numpy(), atol=1e-4)
-    x = _noisy_speech(2.0)
-    stream = StreamingEnhancer(runtime, 1, segment=128)
-    out = np.concatenate([stream.push(x[None, i:i + 128]) for i in range(0, len(x), 128)] + [stream.finish()], 1)
-    np.testing.assert_allclose(out[0], enhance_array(net, x), atol=1e-4)
+    _assert_onnx_runs_as_net(runtime, net, torch.rand(1, 1, 257, 301) * 3)
 
 
 def test_a_network_that_reads_the_phase_takes_it_through_onnx_and_streams():
     net = _trained_like("crn", mean_norm_s=0.5, fullres=4, level_db=-20.0, phase=1)
     runtime = OnnxNet(export_onnx(net, None))
     assert runtime.input_channels == 2 and runtime.input_name == "noisy_mag_phase"
-    x = torch.cat([torch.rand(1, 1, 257, 301) * 3, (torch.rand(1, 1, 257, 301) - 0.5) * 6], dim=1)
-    with torch.no_grad():
-        np.testing.assert_allclose(runtime(x).numpy(), net(x).numpy(), atol=1e-4)
-    audio = _noisy_speech(2.0)
-    stream = StreamingEnhancer(runtime, 1, segment=128)
-    out = np.concatenate([stream.push(audio[None, i:i + 128]) for i in range(0, len(audio), 128)]
-                         + [stream.finish()], 1)
-    np.testing.assert_allclose(out[0], enhance_array(net, audio), atol=1e-4)
+    _assert_onnx_runs_as_net(runtime, net, torch.cat([torch.rand(1, 1, 257, 301) * 3,
+                                                      (torch.rand(1, 1, 257, 301) - 0.5) * 6], dim=1))
 
 
 @pytest.mark.parametrize("block", [128, 50])
