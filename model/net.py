@@ -22,7 +22,7 @@ from __future__ import annotations
 import io
 import math
 import os
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -649,16 +649,11 @@ class BandCRN(CRN):
     a wider GRU for a fifth fewer MACs than ``crn``, and a gain that is smooth above 2 kHz."""
 
     name = "crn_erb"
-    DEFAULTS = {"widths": list(CRN.DEFAULT_WIDTHS), "hidden": 256, "bands": 129, "mean_norm_s": 0.0, "lookahead": 0,
-                "floor_s": 0.0, "cepstrum": 0, "layers": 1, "fullres": 0, "level_db": 0.0, "phase": 0,
-                "band_gru": 0}
+    DEFAULTS = {**CRN.DEFAULTS, "hidden": 256, "bands": 129}  # every other CRN option as the CRN has it
 
     def __init__(self, widths: tuple[int, ...] | list[int] = CRN.DEFAULT_WIDTHS, hidden: int = 256,
-                 bands: int = 129, mean_norm_s: float = 0.0, lookahead: int = 0, floor_s: float = 0.0,
-                 cepstrum: int = 0, layers: int = 1, fullres: int = 0, level_db: float = 0.0, phase: int = 0,
-                 band_gru: int = 0):
-        super().__init__(widths, hidden, bands, mean_norm_s, lookahead, floor_s, cepstrum, layers, fullres, level_db,
-                         phase, band_gru)
+                 bands: int = 129, **options: Any):
+        super().__init__(widths, hidden, bands, **options)
 
 
 def _architecture(arch: str) -> type[MaskNet]:
