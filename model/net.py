@@ -36,6 +36,7 @@ FLOOR_SOFTNESS = 0.25  # floor_s: temperature of the soft minimum, in units of t
 FLOOR_MAX_EXP = 60.0  # floor_s: exp(-x / softness) is clamped below float32's range
 LEVEL_S = 2.0  # level_db: time constant of the running input level, seconds
 MAX_GAIN_DB = 40.0  # level_db: the most the input is raised or lowered (-60 to +20 dBFS for a -20 dB target)
+MAX_HALVINGS = 5  # crn: frequency halvings (widths); the bottleneck keeps at least 9 of the 257 bins
 PITCH_QUEFRENCIES = (40, 257)  # cepstrum: lags in samples whose peaks are pitches of 400 to 62.5 Hz
 ARCHITECTURES: dict[str, type[MaskNet]] = {}
 
@@ -307,8 +308,8 @@ class _CausalDown(nn.Module):
 
 @register
 class CRN(MaskNet):
-    """Convolutional recurrent network (Tan & Wang, 2018), causal: four conv layers that
-    halve frequency (257 → 17 bins), each seeing the current and the previous frame; a
+    """Convolutional recurrent network (Tan & Wang, 2018), causal: a conv layer per width
+    that halves frequency (four by default: 257 → 17 bins), each seeing the current and the previous frame; a
     GRU over time on the flattened bottleneck; a frame-wise decoder with skip connections
     (:class:`_Decoder`); a sigmoid mask. Nothing looks ahead, so it runs in real time, frame
     by frame, with its state (the GRU's and each conv's last frame) carried between calls.
@@ -390,7 +391,9 @@ class CRN(MaskNet):
     def __init__(self, widths: tuple[int, ...] | list[int] = DEFAULT_WIDTHS, hidden: int = 192, bands: int = 0,
                  mean_norm_s: float = 0.0, lookahead: int = 0, floor_s: float = 0.0, cepstrum: int = 0,
                  layers: int = 1, fullres: int = 0, level_db: float = 0.0, phase: int = 0, band_gru: int = 0):
-        widths, hidden, bands = _positive("crn", widths, 4), int(hidden), int(bands)
+        widths, hidden, bands = _positive("crn", widths), int(hidden), int(bands)
+        if not 2 <= len(widths) <= MAX_HALVINGS:
+            raise ValueError(f"crn takes 2 to {MAX_HALVINGS} channel widths (one per halving of frequency), got {widths}")
         mean_norm_s, floor_s = _number("mean_norm_s", mean_norm_s), _number("floor_s", floor_s)
         if hidden < 1:
             raise ValueError(f"crn hidden size must be positive, got {hidden}")
@@ -406,8 +409,10 @@ class CRN(MaskNet):
             raise ValueError(f"crn level_db must be 0 (off) or a level in dBFS below 0, e.g. -20; got {level_db}")
         # Per-frame decays of the running mean and of the noise floor's weights.
         decay, floor_decay = _frame_decay("mean_norm_s", mean_norm_s), _frame_decay("floor_s", floor_s)
-        if bands and (bands < 33 or (bands - 1) % 16):  # four halvings, then the decoder's 2F - 1
-            raise ValueError(f"crn bands must be 0 (all {dsp.N_BINS} bins) or 16k + 1 ≥ 33, e.g. 129; got {bands}")
+        scale = 2 ** len(widths)  # one halving per width, then the decoder's 2F - 1
+        if bands and (bands < 2 * scale + 1 or (bands - 1) % scale):
+            raise ValueError(f"crn bands must be 0 (all {dsp.N_BINS} bins) or {scale}k + 1 ≥ {2 * scale + 1} "
+                             f"with {len(widths)} widths, e.g. 129; got {bands}")
         if phase and bands:
             raise ValueError("crn phase reads the phase of each of the 257 bins: it cannot be used with bands")
         super().__init__(widths=widths, hidden=hidden, bands=bands, mean_norm_s=mean_norm_s, lookahead=lookahead,
@@ -426,7 +431,7 @@ class CRN(MaskNet):
         chans = [1 + bool(mean_norm_s) + bool(floor_s) + 2 * phase, *levels]
         self.encoder = nn.ModuleList(_CausalDown(a, b, k) for a, b, k in zip(chans[:-1], chans[1:], strides,
                                                                              strict=True))
-        bottleneck = widths[-1] * (((bands or dsp.N_BINS) - 1) // 16 + 1)  # 257 → 17 bins, 129 → 9
+        bottleneck = widths[-1] * (((bands or dsp.N_BINS) - 1) // scale + 1)  # four halvings: 257 → 17 bins, 129 → 9
         lags = 0
         if cepstrum:
             to_cepstrum = cepstrum_matrix(*PITCH_QUEFRENCIES)

@@ -58,6 +58,24 @@ def test_widths_are_configurable():
         build_model("crn", bands=100)  # four halvings need 16k + 1 bands
 
 
+def test_crn_halves_frequency_once_per_width():
+    """Three widths keep a 33-bin bottleneck (250 Hz apart) where four keep 17; the stream
+    still equals the whole-input call, and widths that leave too few bands are refused."""
+    torch.manual_seed(0)
+    model = build_model("crn", [4, 8, 8], fullres=4, mean_norm_s=0.5).eval()
+    assert model.rnn.input_size == 8 * 33
+    assert build_model("crn").rnn.input_size == 32 * 17
+    x = torch.rand(1, 1, 257, 30) + 0.01
+    with torch.no_grad():
+        first, state = model.stream(x[..., :11], None)
+        rest, _ = model.stream(x[..., 11:], state)
+        assert torch.allclose(torch.cat([first, rest], dim=-1), model(x), atol=1e-5)
+    with pytest.raises(ValueError, match="2 to 5 channel widths"):
+        build_model("crn", [8])
+    with pytest.raises(ValueError, match="crn bands must be 0 .* or 8k \\+ 1"):
+        build_model("crn", [8, 8, 8], bands=13)  # 12 is no multiple of 2³
+
+
 def test_band_crn_gain_is_smooth_above_2khz():
     """crn_erb's mask is its band gains interpolated: above 2 kHz each bin lies between its
     neighbours, so no single bin is cut out of a band."""
