@@ -36,7 +36,7 @@ FLOOR_SOFTNESS = 0.25  # floor_s: temperature of the soft minimum, in units of t
 FLOOR_MAX_EXP = 60.0  # floor_s: exp(-x / softness) is clamped below float32's range
 LEVEL_S = 2.0  # level_db: time constant of the running input level, seconds
 MAX_GAIN_DB = 40.0  # level_db: the most the input is raised or lowered (-60 to +20 dBFS for a -20 dB target)
-MAX_HALVINGS = 5  # crn: frequency halvings (widths); the bottleneck keeps at least 9 of the 257 bins
+MAX_HALVINGS = 5  # crn: most frequency halvings (one per width): the bottleneck keeps 9 of the 257 bins
 PITCH_QUEFRENCIES = (40, 257)  # cepstrum: lags in samples whose peaks are pitches of 400 to 62.5 Hz
 ARCHITECTURES: dict[str, type[MaskNet]] = {}
 
@@ -164,11 +164,14 @@ def conv_block(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.GELU())
 
 
-def _positive(name: str, values: list[int], count: int | None = None) -> list[int]:
+def _positive(name: str, values: list[int], count: int | tuple[int, int] | None = None) -> list[int]:
+    """``values`` as ints, all positive and ``count`` of them (a number, a (fewest, most)
+    range, or None: any number but none), else a ValueError naming ``name``."""
     values = [int(v) for v in values]
-    if (count is not None and len(values) != count) or not values or min(values) < 1:
-        need = f"{count} positive" if count else "positive"
-        raise ValueError(f"{name} takes {need} channel widths, got {values}")
+    low, high = (count, count) if isinstance(count, int) else (count or (1, math.inf))
+    if not values or not low <= len(values) <= high or min(values) < 1:
+        need = "" if count is None else f"{low} " if low == high else f"{low} to {high} "
+        raise ValueError(f"{name} takes {need}positive channel widths, got {values}")
     return values
 
 
@@ -309,10 +312,11 @@ class _CausalDown(nn.Module):
 @register
 class CRN(MaskNet):
     """Convolutional recurrent network (Tan & Wang, 2018), causal: a conv layer per width
-    that halves frequency (four by default: 257 → 17 bins), each seeing the current and the previous frame; a
-    GRU over time on the flattened bottleneck; a frame-wise decoder with skip connections
-    (:class:`_Decoder`); a sigmoid mask. Nothing looks ahead, so it runs in real time, frame
-    by frame, with its state (the GRU's and each conv's last frame) carried between calls.
+    that halves frequency (four by default: 257 → 17 bins), each seeing the current and
+    the previous frame; a GRU over time on the flattened bottleneck; a frame-wise decoder
+    with skip connections (:class:`_Decoder`); a sigmoid mask. Nothing looks ahead, so it
+    runs in real time, frame by frame, with its state (the GRU's and each conv's last
+    frame) carried between calls.
 
     ``bands`` > 0 runs it on that many frequency bands instead of the 257 bins
     (:func:`dsp.band_matrix`: the low bins as they are, ERB bands above, as RNNoise,
@@ -391,9 +395,7 @@ class CRN(MaskNet):
     def __init__(self, widths: tuple[int, ...] | list[int] = DEFAULT_WIDTHS, hidden: int = 192, bands: int = 0,
                  mean_norm_s: float = 0.0, lookahead: int = 0, floor_s: float = 0.0, cepstrum: int = 0,
                  layers: int = 1, fullres: int = 0, level_db: float = 0.0, phase: int = 0, band_gru: int = 0):
-        widths, hidden, bands = _positive("crn", widths), int(hidden), int(bands)
-        if not 2 <= len(widths) <= MAX_HALVINGS:
-            raise ValueError(f"crn takes 2 to {MAX_HALVINGS} channel widths (one per halving of frequency), got {widths}")
+        widths, hidden, bands = _positive("crn", widths, (2, MAX_HALVINGS)), int(hidden), int(bands)
         mean_norm_s, floor_s = _number("mean_norm_s", mean_norm_s), _number("floor_s", floor_s)
         if hidden < 1:
             raise ValueError(f"crn hidden size must be positive, got {hidden}")
@@ -431,7 +433,7 @@ class CRN(MaskNet):
         chans = [1 + bool(mean_norm_s) + bool(floor_s) + 2 * phase, *levels]
         self.encoder = nn.ModuleList(_CausalDown(a, b, k) for a, b, k in zip(chans[:-1], chans[1:], strides,
                                                                              strict=True))
-        bottleneck = widths[-1] * (((bands or dsp.N_BINS) - 1) // scale + 1)  # four halvings: 257 → 17 bins, 129 → 9
+        bottleneck = widths[-1] * (((bands or dsp.N_BINS) - 1) // scale + 1)  # four widths: 257 → 17 bins, 129 → 9
         lags = 0
         if cepstrum:
             to_cepstrum = cepstrum_matrix(*PITCH_QUEFRENCIES)

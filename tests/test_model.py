@@ -70,7 +70,7 @@ def test_crn_halves_frequency_once_per_width():
         first, state = model.stream(x[..., :11], None)
         rest, _ = model.stream(x[..., 11:], state)
         assert torch.allclose(torch.cat([first, rest], dim=-1), model(x), atol=1e-5)
-    with pytest.raises(ValueError, match="2 to 5 channel widths"):
+    with pytest.raises(ValueError, match="crn takes 2 to 5 positive channel widths"):
         build_model("crn", [8])
     with pytest.raises(ValueError, match="crn bands must be 0 .* or 8k \\+ 1"):
         build_model("crn", [8, 8, 8], bands=13)  # 12 is no multiple of 2³
