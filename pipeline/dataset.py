@@ -19,7 +19,8 @@ import pyarrow.parquet as pq
 
 from speech_enhance.pipeline import audio, augment, dsp, storage
 
-FORMAT_VERSION = 1
+# 2: the clean phase beside the noisy (clean_phase); format 1 has magnitudes and the noisy phase only.
+FORMAT_VERSION = 2
 
 
 class DatasetError(RuntimeError):
