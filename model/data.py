@@ -26,20 +26,15 @@ from speech_enhance.pipeline import storage, store
 
 TRAIN_COLUMNS = ["noisy_mag", "clean_mag"]
 PHASE_COLUMN = "noisy_phase"  # read only for losses that go back to waveforms
-CLEAN_PHASE_COLUMN = "clean_phase"  # read only for losses against the clean phase (format-2 datasets)
 ORDER_COLUMNS = ["mixture_id", "patch_index"]  # read only to join consecutive patches (sequence > 1)
 PREFETCH = 2  # row groups read ahead of the training step
 
 T = TypeVar("T")
 
 
-def columns(with_phase: bool = False, sequence: int = 1, with_clean_phase: bool = False) -> list[str]:
-    """The columns to read, tensors in the order batches hold them: noisy, clean[, phase[, clean phase]]."""
-    names = [*TRAIN_COLUMNS, *[PHASE_COLUMN] * with_phase, *[CLEAN_PHASE_COLUMN] * with_clean_phase]
+def columns(with_phase: bool = False, sequence: int = 1) -> list[str]:
+    names = [*TRAIN_COLUMNS, PHASE_COLUMN] if with_phase else list(TRAIN_COLUMNS)
     return names + ORDER_COLUMNS if sequence > 1 else names
-
-
-TENSORS = columns(with_phase=True, with_clean_phase=True)  # every tensor column batches may hold, in order
 
 
 def sequence_starts(mixture_id: np.ndarray, patch_index: np.ndarray, length: int) -> np.ndarray:
@@ -65,15 +60,15 @@ def join_patches(array: np.ndarray, starts: np.ndarray, length: int) -> np.ndarr
 
 
 def to_tensors(table: pa.Table) -> tuple[torch.Tensor, ...]:
-    """(noisy, clean) magnitudes, and the noisy and clean phase where the table has them, as
-    float32 [batch, 1, 257, 64] tensors."""
-    names = [c for c in TENSORS if c in table.column_names]
+    """(noisy, clean) magnitudes, and the noisy phase where the table has it, as float32
+    [batch, 1, 257, 64] tensors."""
+    names = [c for c in columns(with_phase=True) if c in table.column_names]
     return tuple(torch.from_numpy(store.decode_column(table, c).astype("float32")).unsqueeze(1) for c in names)
 
 
 def patch_batches(tables: Iterable[pa.Table], batch_size: int, shuffle_buffer: int = 0, seed: int | None = None,
                   sequence: int = 1) -> Iterator[tuple[torch.Tensor, ...]]:
-    """Training batches (noisy, clean[, phase[, clean phase]]) of ``batch_size`` patches, float32
+    """Training batches (noisy, clean[, phase]) of ``batch_size`` patches, float32
     [batch, 1, 257, 64], from Arrow tables of patch rows (:func:`shard_tables`).
     With ``sequence`` > 1 (the iterator then has :data:`ORDER_COLUMNS`) each example is that
     many consecutive patches of one mixture, [batch, 1, 257, 64 × sequence], and the
@@ -104,7 +99,7 @@ def patch_batches(tables: Iterable[pa.Table], batch_size: int, shuffle_buffer: i
         count = len(rest)
 
     for table in tables:
-        names = [c for c in TENSORS if c in table.column_names]
+        names = [c for c in columns(with_phase=True) if c in table.column_names]
         arrays = [store.decode_column(table, c) for c in names]
         if sequence > 1:
             starts = sequence_starts(table["mixture_id"].to_numpy(), table["patch_index"].to_numpy(), sequence)

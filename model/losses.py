@@ -3,10 +3,9 @@
 Every loss compares the enhanced magnitude (Mask × Noisy) with the clean magnitude of a
 batch of patches [batch, 1, 257, frames]; a waveform loss also needs the noisy phase,
 through which both go back to the time domain, and a mask loss the noisy magnitude.
-A waveform loss's target is the clean magnitude with the noisy phase, what a mask on the
-noisy magnitude can reach at best, unless the loss also reads the clean phase (an option
-that needs it: ``phase_weight``; stored by format-2 datasets only): then it is the clean
-signal itself.
+Format-1 datasets store no clean phase, so a waveform loss's target is the clean magnitude
+with the noisy phase: the best a mask on the noisy magnitude can reach, measured after
+overlap-add.
 
 - ``mag_l1``: the seed's L1 on linear magnitudes. Linear magnitudes are dominated by the
   loud low-frequency bins, so quiet speech and high bands hardly count.
@@ -37,9 +36,8 @@ signal itself.
 
 Weights and factors are options (``train --loss-option NAME=VALUE``, :func:`get_loss`):
 ``over_suppression`` of the asymmetric losses, ``erb_weight`` of the compressed-magnitude
-ones (:func:`erb_weights`) and ``phase_weight`` of their MSE kinds (the share of the
-compressed complex distance, :class:`CompressedMagnitude`), ``sisdr_weight``,
-``mask_weight`` and ``stoi_weight`` of the sums. They are saved in the run's config with the loss's name.
+ones (:func:`erb_weights`), ``sisdr_weight``, ``mask_weight`` and ``stoi_weight`` of the
+sums. They are saved in the run's config with the loss's name.
 """
 
 from __future__ import annotations
@@ -68,8 +66,7 @@ STOI_STRIDE = 4  # frames between segments: STOI slides by one; every fourth is 
 
 class Loss:
     name: ClassVar[str]
-    needs_phase: bool = False  # reads the noisy phase of each patch (``phase``)
-    needs_clean_phase: bool = False  # reads the clean phase too (``clean_phase``): format-2 datasets only
+    needs_phase: ClassVar[bool] = False
 
     def options(self) -> dict[str, float]:
         """The settings ``train --loss-option NAME=VALUE`` may change, with their values."""
@@ -80,7 +77,7 @@ class Loss:
         return self
 
     def __call__(self, enhanced: torch.Tensor, clean: torch.Tensor, phase: torch.Tensor | None = None,
-                 noisy: torch.Tensor | None = None, clean_phase: torch.Tensor | None = None) -> torch.Tensor:
+                 noisy: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
 
 
@@ -88,7 +85,7 @@ class MagnitudeL1(Loss):
     name = "mag_l1"
 
     def __call__(self, enhanced: torch.Tensor, clean: torch.Tensor, phase: torch.Tensor | None = None,
-                 noisy: torch.Tensor | None = None, clean_phase: torch.Tensor | None = None) -> torch.Tensor:
+                 noisy: torch.Tensor | None = None) -> torch.Tensor:
         return torch.mean(torch.abs(enhanced - clean))
 
 
@@ -119,46 +116,27 @@ def _squared_error(diff: torch.Tensor, kind: str, over_suppression: float) -> to
 class CompressedMagnitude(Loss):
     """Distance between ``|·|^power`` of the two magnitudes: ``kind`` "l1", "mse", or
     "asym" (MSE with the squared error of over-suppressed bins weighted ``over_suppression``),
-    each bin weighted by :func:`erb_weights` (``erb_weight``, 0: alike).
-
-    ``phase_weight`` λ > 0 (mse and asym) mixes in the squared distance of the compressed
-    *complex* spectra, the enhanced one on the noisy phase: (1 − λ) × the magnitude term
-    + λ × |E^p e^{jφ} − S^p e^{jψ}|² (Braun & Tashev, 2021, λ 0.3). Against the clean phase a
-    mask is best at |S| cos(ψ − φ) (the phase-sensitive mask, Erdogan et al., 2015): lower
-    where noise dominates a bin and has turned its phase, where the magnitude term alone
-    keeps it. It needs the noisy and the clean phase (format-2 datasets)."""
+    each bin weighted by :func:`erb_weights` (``erb_weight``, 0: alike)."""
 
     def __init__(self, kind: str, power: float = COMPRESSION, over_suppression: float = OVER_SUPPRESSION,
-                 erb_weight: float = 0.0, phase_weight: float = 0.0):
+                 erb_weight: float = 0.0):
         if kind not in ("l1", "mse", "asym"):
             raise ValueError(f"kind must be l1, mse or asym, got {kind!r}")
-        if not 0 <= phase_weight <= 1:
-            raise ValueError(f"loss option phase_weight must be from 0 to 1, got {phase_weight!r}")
         self.kind, self.power, self.over_suppression, self.erb_weight = kind, power, over_suppression, erb_weight
-        self.phase_weight = phase_weight
-        self.needs_phase = self.needs_clean_phase = phase_weight > 0
         self.name = f"cmag_{kind}"
 
     def options(self) -> dict[str, float]:
         return {**({"over_suppression": self.over_suppression} if self.kind == "asym" else {}),
-                "erb_weight": self.erb_weight, **({"phase_weight": self.phase_weight} if self.kind != "l1" else {})}
+                "erb_weight": self.erb_weight}
 
     def configured(self, **options: float) -> Loss:
         return CompressedMagnitude(self.kind, self.power, options.get("over_suppression", self.over_suppression),
-                                   options.get("erb_weight", self.erb_weight),
-                                   options.get("phase_weight", self.phase_weight))
+                                   options.get("erb_weight", self.erb_weight))
 
     def __call__(self, enhanced: torch.Tensor, clean: torch.Tensor, phase: torch.Tensor | None = None,
-                 noisy: torch.Tensor | None = None, clean_phase: torch.Tensor | None = None) -> torch.Tensor:
+                 noisy: torch.Tensor | None = None) -> torch.Tensor:
         diff = _compressed_diff(enhanced, clean, self.power)
         error = diff.abs() if self.kind == "l1" else _squared_error(diff, self.kind, self.over_suppression)
-        if self.phase_weight:
-            if phase is None or clean_phase is None:
-                raise ValueError(f"the {self.name} loss with phase_weight needs the noisy and the clean phase of "
-                                 "each patch (a dataset of format 2)")
-            e, s = enhanced.clamp_min(MAG_FLOOR).pow(self.power), clean.clamp_min(MAG_FLOOR).pow(self.power)
-            spectral = (e.square() + s.square() - 2 * e * s * torch.cos(phase - clean_phase)).clamp_min(0.0)
-            error = (1 - self.phase_weight) * error + self.phase_weight * spectral
         if self.erb_weight:
             if error.shape[-2] != dsp.N_BINS:
                 raise ValueError(f"erb_weight weighs the {dsp.N_BINS} STFT bins, got {error.shape[-2]} rows")
@@ -188,11 +166,10 @@ class NegativeSISDR(Loss):
     needs_phase = True
 
     def __call__(self, enhanced: torch.Tensor, clean: torch.Tensor, phase: torch.Tensor | None = None,
-                 noisy: torch.Tensor | None = None, clean_phase: torch.Tensor | None = None) -> torch.Tensor:
+                 noisy: torch.Tensor | None = None) -> torch.Tensor:
         if phase is None:
             raise ValueError("the sisdr loss needs the noisy phase of each patch")
-        target = patch_waveforms(clean, phase if clean_phase is None else clean_phase)
-        return -si_sdr(patch_waveforms(enhanced, phase), target).mean()
+        return -si_sdr(patch_waveforms(enhanced, phase), patch_waveforms(clean, phase)).mean()
 
 
 @functools.cache
@@ -236,7 +213,7 @@ class NegativeSTOI(Loss):
     name = "stoi"
 
     def __call__(self, enhanced: torch.Tensor, clean: torch.Tensor, phase: torch.Tensor | None = None,
-                 noisy: torch.Tensor | None = None, clean_phase: torch.Tensor | None = None) -> torch.Tensor:
+                 noisy: torch.Tensor | None = None) -> torch.Tensor:
         if clean.shape[-1] < STOI_SEGMENT:
             raise ValueError(f"the stoi loss needs patches of at least {STOI_SEGMENT} frames, got {clean.shape[-1]}")
         return 1 - short_time_intelligibility(enhanced, clean).mean()
@@ -260,7 +237,7 @@ class RatioMask(Loss):
         return RatioMask(self.kind, options.get("over_suppression", self.over_suppression))
 
     def __call__(self, enhanced: torch.Tensor, clean: torch.Tensor, phase: torch.Tensor | None = None,
-                 noisy: torch.Tensor | None = None, clean_phase: torch.Tensor | None = None) -> torch.Tensor:
+                 noisy: torch.Tensor | None = None) -> torch.Tensor:
         if noisy is None:
             raise ValueError(f"the {self.name} loss needs the noisy magnitude of each patch")
         sound = noisy > SOUND_FLOOR
@@ -278,7 +255,6 @@ class Sum(Loss):
         self.name, self.first, self.second, self.weight = name, first, second, weight
         self.weight_option = weight_option
         self.needs_phase = first.needs_phase or second.needs_phase
-        self.needs_clean_phase = first.needs_clean_phase or second.needs_clean_phase
 
     def options(self) -> dict[str, float]:
         return {**self.first.options(), **self.second.options(), self.weight_option: self.weight}
@@ -288,9 +264,8 @@ class Sum(Loss):
                    options.get(self.weight_option, self.weight), self.weight_option)
 
     def __call__(self, enhanced: torch.Tensor, clean: torch.Tensor, phase: torch.Tensor | None = None,
-                 noisy: torch.Tensor | None = None, clean_phase: torch.Tensor | None = None) -> torch.Tensor:
-        return (self.first(enhanced, clean, phase, noisy, clean_phase)
-                + self.weight * self.second(enhanced, clean, phase, noisy, clean_phase))
+                 noisy: torch.Tensor | None = None) -> torch.Tensor:
+        return self.first(enhanced, clean, phase, noisy) + self.weight * self.second(enhanced, clean, phase, noisy)
 
 
 CMAG_ASYM_SISDR = Sum("cmag_asym_sisdr", CompressedMagnitude("asym"), NegativeSISDR(), SISDR_WEIGHT, "sisdr_weight")

@@ -57,7 +57,7 @@ from speech_enhance.model.net import (
 )
 from speech_enhance.pipeline import storage
 from speech_enhance.pipeline.cluster import init_ray
-from speech_enhance.pipeline.dataset import DatasetError, read_dataset_info
+from speech_enhance.pipeline.dataset import read_dataset_info
 from speech_enhance.pipeline.dsp import PATCH_FRAMES
 
 BEST_MODEL = "cnn_enhancer_best.pth"
@@ -167,12 +167,11 @@ def _run_epoch(model, batches, device, optimizer=None, amp=False,  # noqa: ANN00
         batch = next(iterator, None)
         if (_any_rank(batch is None, device) if uneven else batch is None):
             break
-        noisy, clean, *phases = (t.to(device, non_blocking=True) for t in batch)
-        phase, clean_phase = (phases + [None, None])[:2]  # each there when read (columns())
-        inputs = patch_input(model, noisy, phase)
+        noisy, clean, *phase = (t.to(device, non_blocking=True) for t in batch)
+        inputs = patch_input(model, noisy, phase[0] if phase else None)
         with torch.set_grad_enabled(training), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             mask = model(inputs)
-        loss = loss_fn(mask.float() * noisy, clean, phase, noisy, clean_phase)
+        loss = loss_fn(mask.float() * noisy, clean, phase[0] if phase else None, noisy)
         if training:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -250,7 +249,7 @@ def train_loop_per_worker(config: dict) -> dict | None:
 
     sequence = config.get("sequence", 1)
     world = context.get_world_size()
-    names = columns(loss_fn.needs_phase or reads_phase(model), sequence, loss_fn.needs_clean_phase)
+    names = columns(loss_fn.needs_phase or reads_phase(model), sequence)
     pieces = {split: split_pieces(config["data"], split) for split in ("train", "val")}
     limit = config.get("time_limit")
     for epoch in range(state["epoch"] + 1, config["epochs"] + 1):
@@ -387,11 +386,6 @@ def train(cfg: TrainConfig, overwrite: bool = False, log=print, callbacks: list 
     it; the search does it for its best model only)."""
     cfg = cfg.validated()
     dataset_info = read_dataset_info(cfg.data)
-    version = dataset_info["config"].get("format_version", 1)
-    if get_loss(cfg.loss, **(cfg.loss_options or {})).needs_clean_phase and version < 2:
-        raise DatasetError(f"{cfg.data}: a format-{version} dataset stores no clean phase, which the {cfg.loss} loss "
-                           "with phase_weight needs: rebuild it with this version of `build`, or train without "
-                           "phase_weight")
     for split in ("train", "val"):
         split_dir(cfg.data, split)  # an empty split fails here, not in every worker
     out = storage.resolve(cfg.out)  # a local folder or a URI (s3://...) on shared storage

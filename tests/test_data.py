@@ -16,7 +16,6 @@ from speech_enhance.model.data import (
     sequence_starts,
     shard_tables,
     split_pieces,
-    to_tensors,
 )
 from speech_enhance.pipeline import store
 
@@ -111,16 +110,6 @@ def test_patch_batches_deliver_every_patch_once_per_epoch_in_seeded_order(dtype)
     assert shuffled == ids(1, 32) and shuffled != ids(2, 32)
     # A patch moves about a window from its place (a leftover may wait longer, as in Ray's buffer).
     assert np.mean([abs(p - i) for i, p in enumerate(sum(shuffled, []))]) < 32
-
-
-def test_batches_hold_the_phases_read_after_the_magnitudes():
-    assert columns() == ["noisy_mag", "clean_mag"]
-    assert columns(with_phase=True, with_clean_phase=True) == ["noisy_mag", "clean_mag", "noisy_phase", "clean_phase"]
-    patches = np.arange(4 * 257 * 64, dtype=np.float32).reshape(4, 257, 64)
-    table = store.to_arrow({"clean_phase": patches + 3, "noisy_mag": patches, "noisy_phase": patches + 2,
-                            "clean_mag": patches + 1})
-    for batch in (next(patch_batches([table], 4)), to_tensors(table)):
-        assert [float(t[0, 0, 0, 0]) for t in batch] == [0, 1, 2, 3]  # noisy, clean, phase, clean phase
 
 
 def test_sequences_join_consecutive_patches_of_one_mixture_and_leave_the_rest_out():
