@@ -19,8 +19,7 @@ import pyarrow.parquet as pq
 
 from speech_enhance.pipeline import audio, augment, dsp, storage
 
-# 2: the clean phase beside the noisy (clean_phase); format 1 has magnitudes and the noisy phase only.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 1
 
 
 class DatasetError(RuntimeError):

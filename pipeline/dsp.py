@@ -216,11 +216,10 @@ def cut_patches(spec: np.ndarray) -> np.ndarray:
 
 
 def mixture_patches(mix: Mixture) -> dict[str, np.ndarray]:
-    """Patch tensors of one mixture: noisy and clean magnitude and phase (the clean phase
-    for losses that compare with the clean signal itself, not its magnitude on the noisy phase)."""
+    """Patch tensors of one mixture: noisy magnitude and phase, clean magnitude."""
     noisy_mag, noisy_phase = spectrum_patches(mix.noisy, with_phase=True)
-    clean_mag, clean_phase = spectrum_patches(mix.clean, with_phase=True)
-    return {"noisy_mag": noisy_mag, "clean_mag": clean_mag, "noisy_phase": noisy_phase, "clean_phase": clean_phase}
+    clean_mag, _ = spectrum_patches(mix.clean)
+    return {"noisy_mag": noisy_mag, "clean_mag": clean_mag, "noisy_phase": noisy_phase}
 
 
 def _erb_rate(hz: np.ndarray | float) -> np.ndarray:

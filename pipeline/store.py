@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-TENSOR_COLUMNS = ("noisy_mag", "clean_mag", "noisy_phase", "clean_phase")
+TENSOR_COLUMNS = ("noisy_mag", "clean_mag", "noisy_phase")
 
 
 def tensor_field(name: str, shape: tuple[int, ...], dtype: np.dtype) -> pa.Field:

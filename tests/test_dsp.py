@@ -105,11 +105,8 @@ def test_mixture_patch_count_matches_plan():
     mix = dsp.render_mixture(clean, noise, 0.0, 5, -20.0)
     patches = dsp.mixture_patches(mix)
     assert {k: v.shape for k, v in patches.items()} == {
-        k: (dsp.n_patches(30_000), 257, 64) for k in ("noisy_mag", "clean_mag", "noisy_phase", "clean_phase")
+        k: (dsp.n_patches(30_000), 257, 64) for k in ("noisy_mag", "clean_mag", "noisy_phase")
     }
-    spec = dsp.stft(torch.from_numpy(mix.clean))[:, :dsp.PATCH_FRAMES].numpy()
-    rebuilt = patches["clean_mag"][0] * np.exp(1j * patches["clean_phase"][0])  # the clean STFT, phase and all
-    np.testing.assert_allclose(rebuilt, spec, atol=1e-5 * np.abs(spec).max())
 
 
 def test_band_matrix_keeps_low_bins_and_interpolates_erb_bands():
