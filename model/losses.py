@@ -15,8 +15,9 @@ overlap-add.
 - ``cmag_asym``: ``cmag_mse`` with the squared error of bins the mask suppresses below the
   clean magnitude weighted ``OVER_SUPPRESSION`` times (the asymmetric loss of
   VoiceFilter-Lite, Wang et al., 2020). A symmetric loss lets a network that cannot tell
-  speech from an unfamiliar noise shrink both; removed speech costs intelligibility,
-  leftover noise much less, so doubt should keep the speech.
+  speech from an unfamiliar noise shrink both; this one keeps the speech in doubt (on
+  validation 2 lost STOI and SI-SDR, 8 lost PESQ: BENCHMARKS.md), though at 0 dB and below
+  as many dB of noise left cost STOI more than removed speech does (``bench/mask_errors.py``).
 - ``mask_mse`` / ``mask_asym``: MSE between the square roots of the mask (Enhanced / Noisy)
   and the ideal ratio mask min(Clean / Noisy, 1), every bin with sound weighing the same
   (RNNoise's gain loss, Valin 2018); ``mask_asym`` weighs over-suppression as ``cmag_asym``
