@@ -20,10 +20,11 @@ import json
 
 import numpy as np
 import torch
+from stoi_bands import add_row_options, selected_rows  # the sibling bench's choice of mixtures
 
 from speech_enhance.model import metrics
 from speech_enhance.pipeline import dsp
-from speech_enhance.pipeline.dataset import load_manifest, render_row
+from speech_enhance.pipeline.dataset import render_row
 
 
 def _speech_removed(db: float):  # noqa: ANN202
@@ -42,14 +43,10 @@ VARIANTS = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", required=True)
-    parser.add_argument("--split", default="val")
-    parser.add_argument("--max-snr", type=float, default=0.0, help="only mixtures at or below this SNR (dB)")
-    parser.add_argument("--limit", type=int, default=0, help="only the first N mixtures (0: all)")
+    add_row_options(parser)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    rows = [r for r in load_manifest(args.data) if r["split"] == args.split and r["snr_db"] <= args.max_snr]
-    rows = rows[: args.limit] if args.limit else rows
+    rows = selected_rows(args)
     scores: dict[str, list[dict]] = {}
     for row in rows:
         mix = render_row(row)

@@ -45,18 +45,28 @@ def band_correlations(clean: np.ndarray, processed: np.ndarray) -> np.ndarray:
     return corr.mean(0)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_row_options(parser: argparse.ArgumentParser) -> None:
+    """--data, --split, --max-snr, --limit: which mixtures of a dataset to render again."""
     parser.add_argument("--data", required=True)
-    parser.add_argument("--model", required=True)
     parser.add_argument("--split", default="val")
     parser.add_argument("--max-snr", type=float, default=0.0, help="only mixtures at or below this SNR (dB)")
     parser.add_argument("--limit", type=int, default=0, help="only the first N mixtures (0: all)")
+
+
+def selected_rows(args: argparse.Namespace) -> list[dict]:
+    """The manifest rows :func:`add_row_options` selects."""
+    rows = [r for r in load_manifest(args.data) if r["split"] == args.split and r["snr_db"] <= args.max_snr]
+    return rows[: args.limit] if args.limit else rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_row_options(parser)
+    parser.add_argument("--model", required=True)
     args = parser.parse_args()
     torch.set_num_threads(1)
     model, _ = load_model(args.model)
-    rows = [r for r in load_manifest(args.data) if r["split"] == args.split and r["snr_db"] <= args.max_snr]
-    rows = rows[: args.limit] if args.limit else rows
+    rows = selected_rows(args)
     bands: dict[str, list[np.ndarray]] = {}
     for row in rows:
         mix = render_row(row)
