@@ -27,17 +27,18 @@ from speech_enhance.pipeline import dsp
 from speech_enhance.pipeline.dataset import render_row
 
 
+def _noise_left(db: float):  # noqa: ANN202
+    return lambda ideal: ideal.clamp_min(10 ** (db / 20))
+
+
 def _speech_removed(db: float):  # noqa: ANN202
     return lambda ideal: torch.where(ideal > 0.5, ideal * 10 ** (-db / 20), ideal)
 
 
 VARIANTS = {
     "ideal ratio mask": lambda ideal: ideal,
-    "noise left at -20 dB": lambda ideal: ideal.clamp_min(0.1),
-    "noise left at -10 dB": lambda ideal: ideal.clamp_min(10 ** (-10 / 20)),
-    "speech removed 3 dB": _speech_removed(3),
-    "speech removed 6 dB": _speech_removed(6),
-    "speech removed 10 dB": _speech_removed(10),
+    **{f"noise left at {db} dB": _noise_left(db) for db in (-20, -10)},
+    **{f"speech removed {db} dB": _speech_removed(db) for db in (3, 6, 10)},
 }
 
 
