@@ -17,7 +17,8 @@ overlap-add.
   VoiceFilter-Lite, Wang et al., 2020). A symmetric loss lets a network that cannot tell
   speech from an unfamiliar noise shrink both; this one keeps the speech in doubt (on
   validation 2 lost STOI and SI-SDR, 8 lost PESQ: BENCHMARKS.md), though at 0 dB and below
-  as many dB of noise left cost STOI more than removed speech does (``bench/mask_errors.py``).
+  as many dB of noise left cost STOI more than removed speech does (``bench/mask_errors.py``);
+  beside the STOI term, 1 (symmetric) tied with 4 on validation (README).
 - ``mask_mse`` / ``mask_asym``: MSE between the square roots of the mask (Enhanced / Noisy)
   and the ideal ratio mask min(Clean / Noisy, 1), every bin with sound weighing the same
   (RNNoise's gain loss, Valin 2018); ``mask_asym`` weighs over-suppression as ``cmag_asym``
