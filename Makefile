@@ -59,14 +59,15 @@ pretrained: install
 	    --out $(PRETRAINED)/data --mixtures-per-clean 16 --snr-range -5 15 --simulate-rooms 0.2 --mic-eq 0.3 \
 	    --clip 0.02 --noise-transforms 0.5 --synthetic-noise 0.5 --dtype float16 --train-on-val-noise
 	$(BIN)/speech-enhance train --data $(PRETRAINED)/data --out $(PRETRAINED)/crn --arch crn \
-	    --loss cmag_asym_sisdr_stoi --loss-option sisdr_weight=0.003 --loss-option stoi_weight=0.3 --sequence 4 \
-	    --model-option mean_norm_s=0.5 --model-option fullres=8 --model-option level_db=-20 \
+	    --loss cmag_asym_sisdr_stoi --loss-option sisdr_weight=0.004 --loss-option stoi_weight=0.3 \
+	    --loss-option over_suppression=1 --sequence 4 --model-option mean_norm_s=0.5 --model-option fullres=8 \
+	    --model-option level_db=-20 --model-option band_gru=32 \
 	    --workers 2 --epochs 7 --step-size 1 --gamma 0.6 --time-limit 50 --precision $(PRECISION) --compile
 	$(BIN)/speech-enhance build --clean $(SHARED)/dev/speech $(SHARED)/extra/speech --noise $(SHARED)/dev/noise \
 	    --out $(PRETRAINED)/test --noises-per-clean 2 --dtype float16
 	$(BIN)/speech-enhance evaluate --data $(PRETRAINED)/test --model $(PRETRAINED)/crn/cnn_enhancer_best.pth \
 	    --out $(PRETRAINED)/report --max-mixtures 0
-	cp $(PRETRAINED)/crn/cnn_enhancer_best.pth speech_enhance/pretrained/crn_v8.pth
+	cp $(PRETRAINED)/crn/cnn_enhancer_best.pth speech_enhance/pretrained/crn_v9.pth
 
 clean:
 	rm -rf $(VENV) $(RAY_MIN_VENV) runs corpus data .pytest_cache

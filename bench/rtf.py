@@ -3,7 +3,7 @@
 at its default size (or the ones named), with its parameters and MACs per second; with
 PyTorch and, where onnxruntime is installed, with the network exported to ONNX and run by
 ONNX Runtime on one thread (`enhance --backend onnx`). ``--model`` times a model file
-instead (the shipped one: ``--model speech_enhance/pretrained/crn_v8.pth``).
+instead (the shipped one: ``--model speech_enhance/pretrained/crn_v9.pth``).
 
     python bench/rtf.py [--arch mask_cnn crn ...] [--model FILE] [--seconds 60]
 """

@@ -9,7 +9,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-MODEL_NAME = "crn_v8.pth"
+MODEL_NAME = "crn_v9.pth"
 
 
 def default_model() -> Path:
